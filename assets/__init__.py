@@ -1,0 +1,1 @@
+"""Data shipped with hydra-chat: default config, checksums and samples."""
