@@ -1,0 +1,129 @@
+"""Sizes for each claim check at the two budgets.
+
+"paper" uses the sizes of the reference run (HydraLM research code,
+RESULTS.md, budget "paper"). "smoke" keeps every gate but shrinks what is
+trained or streamed so that all checks finish in about a minute on a 2-core
+CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+def log_spaced_powers(low_exponent: int, high_exponent: int, count: int) -> tuple[int, ...]:
+    """Return `count` integers log-spaced from 2**low_exponent to 2**high_exponent."""
+    if count < 2:
+        raise ValueError(f"count must be at least 2, got {count}")
+    step = (high_exponent - low_exponent) / (count - 1)
+    return tuple(int(round(2 ** (low_exponent + i * step))) for i in range(count))
+
+
+@dataclass(frozen=True)
+class MQARSetting:
+    """One MQAR task and its training run (Zoology protocol)."""
+
+    vocab_size: int
+    seq_len: int
+    num_kv_pairs: int
+    steps: int
+    batch_size: int = 32
+    num_queries: int = 1
+    learning_rate: float = 1e-3
+    eval_examples: int = 1000
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Every size the six checks read; one instance per budget name."""
+
+    name: str
+
+    # Claim 1: forward cost against sequence length.
+    analytic_lengths: tuple[int, ...]
+    measured_lengths: tuple[int, ...]
+    timing_repeats: int
+    dense_seconds_limit: float
+    """Stop growing N for the dense model once one forward takes longer than this."""
+
+    # Claim 2: MQAR accuracy, trained from scratch.
+    mqar: MQARSetting
+    mqar_hard: MQARSetting | None
+    mqar_hidden_size: int
+
+    # Claim 3: constant streaming state.
+    analytic_stream_lengths: tuple[int, ...]
+    prefill_tokens: int
+    decode_steps: int
+    stream_checkpoints: tuple[int, ...]
+    stream_chunk: int
+
+    # Claim 4: cost reduction at long context.
+    reduction_lengths: tuple[int, ...] = (16_384, 131_072, 1_048_576)
+    dense_max_length: int = 1 << 16
+    dense_memory_limit_bytes: int = 4 << 30
+
+    # Claim 5: drop-in replacement.
+    generate_batch: int = 2
+    generate_prompt_len: int = 16
+    generate_new_tokens: int = 8
+
+    # Claim 6: zero-gradient fact memory.
+    facts: int = 1000
+    fact_dim: int = 1024
+    fact_heads: int = 4
+    kv_facts: int = 10_000
+    kv_tokens_per_fact: int = 16
+    kv_layers: int = 12
+    real_facts: int = 1000
+
+    extras: dict = field(default_factory=dict)
+
+
+BUDGETS: dict[str, Budget] = {
+    "smoke": Budget(
+        name="smoke",
+        analytic_lengths=log_spaced_powers(10, 22, 13),
+        measured_lengths=(512, 1024, 2048, 4096),
+        timing_repeats=2,
+        dense_seconds_limit=2.0,
+        mqar=MQARSetting(vocab_size=64, seq_len=32, num_kv_pairs=2, steps=300, eval_examples=512),
+        mqar_hard=None,
+        mqar_hidden_size=64,
+        analytic_stream_lengths=(1_000, 1_000_000, 10_000_000, 100_000_000),
+        prefill_tokens=1024,
+        decode_steps=64,
+        stream_checkpoints=(1_000, 16_000, 64_000),
+        stream_chunk=4_000,
+        dense_max_length=1 << 12,
+        facts=1000,
+        real_facts=200,
+    ),
+    "paper": Budget(
+        name="paper",
+        analytic_lengths=log_spaced_powers(10, 22, 13),
+        measured_lengths=tuple(1 << e for e in range(10, 17)),
+        timing_repeats=3,
+        dense_seconds_limit=8.0,
+        mqar=MQARSetting(vocab_size=64, seq_len=32, num_kv_pairs=2, steps=2000),
+        mqar_hard=MQARSetting(vocab_size=8192, seq_len=64, num_kv_pairs=8, steps=2000),
+        mqar_hidden_size=64,
+        analytic_stream_lengths=(1_000, 1_000_000, 10_000_000, 100_000_000),
+        prefill_tokens=4096,
+        decode_steps=512,
+        stream_checkpoints=(1_000, 100_000, 1_000_000),
+        stream_chunk=16_000,
+        dense_max_length=1 << 16,
+        facts=1000,
+        real_facts=1000,
+    ),
+}
+
+
+def get_budget(name: str) -> Budget:
+    """Return the budget called `name`, or raise `ValueError` listing the legal names."""
+    try:
+        return BUDGETS[name]
+    except (KeyError, TypeError):
+        legal = ", ".join(sorted(BUDGETS))
+        raise ValueError(f"unknown budget {name!r}; choose one of: {legal}") from None
