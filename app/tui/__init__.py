@@ -1,0 +1,1 @@
+"""The Textual app of hydra-chat: `HydraChatApp` in `app.tui.app`."""

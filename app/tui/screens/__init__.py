@@ -1,0 +1,1 @@
+"""Screens of the hydra-chat app, one per file."""

@@ -1,0 +1,1 @@
+"""Widgets of the hydra-chat app, one per file."""
