@@ -1,0 +1,348 @@
+"""Ingest pipeline: bring a memory's record of a folder up to date.
+
+For each file under the folder the pipeline compares size and mtime (then,
+when they differ, the SHA-256) with what the memory recorded last time, and
+only extracts and writes the files that are new or changed. The memory's
+`add_document` replaces an older version of a path, so a changed file's old
+passages are forgotten before its new ones are written. Files that the walk no
+longer finds are removed from memory; files that cannot be read are recorded
+with the reason.
+
+Cancellation is checked between files. Each file is one `add_document`,
+`remove_document` or `record_file_status` call, so a cancelled run leaves
+every file either fully at its old version or fully at its new one, and a
+re-run picks up where it stopped. Deleted files are only removed after a walk
+that was not cancelled, because an unfinished walk has not seen every file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from app.ingest.extractors import (
+    DEFAULT_PDF_TIMEOUT_S,
+    ExtractionError,
+    FileScan,
+    extract,
+    scan_file,
+)
+from app.ingest.splitter import DEFAULT_MAX_CHARS, Passage, split_passages
+from app.ingest.walker import DEFAULT_MAX_FILE_BYTES, FileEntry, SkippedFile, walk_folder
+
+logger = logging.getLogger(__name__)
+
+STATUS_INGESTED = "ingested"
+STATUS_SKIPPED = "skipped"
+STATUS_FAILED = "failed"
+PROGRESS_INTERVAL_S = 0.25
+
+
+class DocumentStore(Protocol):
+    """The part of the memory engine that the pipeline writes through."""
+
+    def documents(self) -> list[Any]: ...
+
+    def add_document(self, path: str, sha256: str, size: int, mtime: float, passages: Iterable[Passage]) -> int: ...
+
+    def remove_document(self, path: str) -> None: ...
+
+    def record_file_status(
+        self, path: str, sha256: str, size: int, mtime: float, status: str, reason: str
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class IngestProgress:
+    """A progress snapshot; `eta_s` is None until a rate is known."""
+
+    files_done: int
+    files_total: int
+    bytes_done: int
+    bytes_total: int
+    passages: int
+    passages_per_s: float
+    eta_s: float | None
+    current: str
+
+
+@dataclass
+class IngestReport:
+    """The outcome of one ingest run, file by file.
+
+    `added`, `updated`, `unchanged` and `removed` list paths; `skipped` and
+    `failed` list (path, reason) pairs. `cancelled` is True when the run
+    stopped early; the files it had not reached are in none of the lists.
+    """
+
+    folder: str
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    passages: int = 0
+    bytes_read: int = 0
+    seconds: float = 0.0
+    cancelled: bool = False
+
+    @property
+    def passages_per_s(self) -> float:
+        """Passages written per second of wall time over the whole run."""
+        return self.passages / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        """Format the counts, passages and rate as one line for a terminal."""
+        state = "cancelled" if self.cancelled else "done"
+        return (
+            f"ingest {state}: {len(self.added)} added, {len(self.updated)} updated, "
+            f"{len(self.unchanged)} unchanged, {len(self.removed)} removed, "
+            f"{len(self.skipped)} skipped, {len(self.failed)} failed; "
+            f"{self.passages} passages in {self.seconds:.1f} s ({self.passages_per_s:.1f}/s)"
+        )
+
+
+CancelToken = Callable[[], bool] | Any
+
+
+def _cancel_check(cancel: CancelToken | None) -> Callable[[], bool]:
+    """Accept a callable returning bool or an object with `is_set()` (threading.Event)."""
+    if cancel is None:
+        return lambda: False
+    is_set = getattr(cancel, "is_set", None)
+    if callable(is_set):
+        return is_set
+    if callable(cancel):
+        return cancel
+    raise TypeError(f"cancel must be a callable or a threading.Event, got {type(cancel).__name__}")
+
+
+def _is_under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+class _Progress:
+    """Throttled progress reporting with rates measured from the run's start."""
+
+    def __init__(self, callback: Callable[[IngestProgress], None] | None, files_total: int, bytes_total: int):
+        self.callback = callback
+        self.files_total = files_total
+        self.bytes_total = bytes_total
+        self.started = time.monotonic()
+        self.last_sent = 0.0
+
+    def send(self, report: IngestReport, files_done: int, bytes_done: int, current: str, *, force: bool = False):
+        if self.callback is None:
+            return
+        now = time.monotonic()
+        if not force and now - self.last_sent < PROGRESS_INTERVAL_S:
+            return
+        self.last_sent = now
+        elapsed = max(now - self.started, 1e-9)
+        eta = None
+        if files_done >= self.files_total:
+            eta = 0.0
+        elif bytes_done > 0 and elapsed > 0.05:
+            eta = max(self.bytes_total - bytes_done, 0) / (bytes_done / elapsed)
+        self.callback(
+            IngestProgress(
+                files_done=files_done,
+                files_total=self.files_total,
+                bytes_done=bytes_done,
+                bytes_total=self.bytes_total,
+                passages=report.passages,
+                passages_per_s=report.passages / elapsed,
+                eta_s=eta,
+                current=current,
+            )
+        )
+
+
+class _CountingPassages:
+    """Wrap a passage iterator and count what the memory consumed from it."""
+
+    def __init__(self, passages: Iterator[Passage]):
+        self._passages = passages
+        self.count = 0
+
+    def __iter__(self) -> Iterator[Passage]:
+        for passage in self._passages:
+            self.count += 1
+            yield passage
+
+
+def ingest_folder(
+    memory: DocumentStore,
+    folder: str | os.PathLike[str],
+    progress: Callable[[IngestProgress], None] | None = None,
+    cancel: CancelToken | None = None,
+    *,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    max_chars: int = DEFAULT_MAX_CHARS,
+    pdf_timeout_s: float = DEFAULT_PDF_TIMEOUT_S,
+) -> IngestReport:
+    """Ingest every supported file under `folder` into `memory`; return the report.
+
+    `progress` is called with an `IngestProgress` at most every 0.25 s and
+    once at the end. `cancel` is a callable returning True, or a
+    `threading.Event`, checked between files. Files larger than
+    `max_file_bytes` are skipped. Passages are at most `max_chars`
+    characters. A PDF that takes longer than `pdf_timeout_s` seconds to parse
+    is recorded as failed.
+
+    Raises `FileNotFoundError` or `NotADirectoryError` when `folder` is not a
+    folder. Errors from the memory itself (disk full, memory in use) propagate
+    after the files before it were committed.
+    """
+    started = time.monotonic()
+    root = os.path.abspath(os.fspath(folder))
+    is_cancelled = _cancel_check(cancel)
+    report = IngestReport(folder=root)
+
+    # Walk first: the totals make the progress and ETA meaningful.
+    entries = list(walk_folder(root, max_file_bytes=max_file_bytes, cancel=is_cancelled))
+    if is_cancelled():
+        report.cancelled = True
+        report.seconds = time.monotonic() - started
+        logger.info("ingest of %s cancelled during the walk; nothing was written", root)
+        return report
+
+    known = {doc.path: doc for doc in memory.documents() if _is_under(doc.path, root)}
+    files_total = len(entries)
+    bytes_total = sum(entry.size for entry in entries)
+    tracker = _Progress(progress, files_total, bytes_total)
+    logger.info("ingesting %s: %d files, %d bytes", root, files_total, bytes_total)
+
+    seen: set[str] = set()
+    bytes_done = 0
+    for files_done, entry in enumerate(entries):
+        if is_cancelled():
+            report.cancelled = True
+            break
+        path = str(entry.path)
+        seen.add(path)
+        tracker.send(report, files_done, bytes_done, path)
+        if isinstance(entry, SkippedFile):
+            _record_skip(memory, report, known.get(path), entry)
+        else:
+            _ingest_file(memory, report, known.get(path), entry, max_chars=max_chars, pdf_timeout_s=pdf_timeout_s)
+        bytes_done += entry.size
+
+    if not report.cancelled:
+        for path in sorted(set(known) - seen):
+            memory.remove_document(path)
+            report.removed.append(path)
+
+    report.seconds = time.monotonic() - started
+    report.bytes_read = bytes_done
+    tracker.send(report, files_done=len(seen), bytes_done=bytes_done, current="", force=True)
+    logger.info("%s", report.summary())
+    return report
+
+
+def _record_skip(memory: DocumentStore, report: IngestReport, previous: Any, entry: SkippedFile) -> None:
+    path = str(entry.path)
+    report.skipped.append((path, entry.reason))
+    if (
+        previous is not None
+        and previous.status == STATUS_SKIPPED
+        and previous.reason == entry.reason
+        and previous.size == entry.size
+        and previous.mtime == entry.mtime
+    ):
+        return
+    if previous is not None and previous.status == STATUS_INGESTED:
+        memory.remove_document(path)
+    memory.record_file_status(path, "", entry.size, entry.mtime, STATUS_SKIPPED, entry.reason)
+
+
+def _ingest_file(
+    memory: DocumentStore,
+    report: IngestReport,
+    previous: Any,
+    entry: FileEntry,
+    *,
+    max_chars: int,
+    pdf_timeout_s: float,
+) -> None:
+    path = str(entry.path)
+
+    # Unchanged: same size and mtime, or same content after hashing.
+    if previous is not None and previous.size == entry.size and previous.mtime == entry.mtime:
+        _report_unchanged(report, previous, path)
+        return
+    try:
+        scan = scan_file(entry.path, entry.format)
+    except ExtractionError as error:
+        _record_failure(memory, report, entry, None, str(error), previous=previous)
+        return
+    if previous is not None and previous.sha256 == scan.sha256:
+        _report_unchanged(report, previous, path)
+        return
+
+    try:
+        extracted = extract(entry.path, entry.format, scan, pdf_timeout_s=pdf_timeout_s)
+        passages = split_passages(extracted.chunks, style=extracted.style, headings=extracted.headings, max_chars=max_chars)
+        # Pull the first passage before touching memory, so that an empty
+        # file or an extraction error never reaches the store.
+        first = next(passages, None)
+    except ExtractionError as error:
+        _record_failure(memory, report, entry, scan, str(error), previous=previous)
+        return
+    if first is None:
+        reason = "no text: the file is empty or has only whitespace"
+        _record_failure(memory, report, entry, scan, reason, STATUS_SKIPPED, previous)
+        return
+
+    counted = _CountingPassages(_chain(first, passages))
+    try:
+        written = memory.add_document(path, scan.sha256, scan.size, entry.mtime, counted)
+    except ExtractionError as error:
+        # A read error in the middle of a streamed file; the memory rolled
+        # the document back, so record it as failed.
+        _record_failure(memory, report, entry, scan, str(error), previous=previous)
+        return
+    report.passages += written if isinstance(written, int) else counted.count
+    (report.updated if previous is not None else report.added).append(path)
+
+
+def _chain(first: Passage, rest: Iterator[Passage]) -> Iterator[Passage]:
+    yield first
+    yield from rest
+
+
+def _report_unchanged(report: IngestReport, previous: Any, path: str) -> None:
+    if previous.status == STATUS_FAILED:
+        report.failed.append((path, previous.reason))
+    elif previous.status == STATUS_SKIPPED:
+        report.skipped.append((path, previous.reason))
+    else:
+        report.unchanged.append(path)
+
+
+def _record_failure(
+    memory: DocumentStore,
+    report: IngestReport,
+    entry: FileEntry,
+    scan: FileScan | None,
+    reason: str,
+    status: str = STATUS_FAILED,
+    previous: Any = None,
+) -> None:
+    path = str(entry.path)
+    logger.warning("%s %s: %s", status, path, reason)
+    (report.failed if status == STATUS_FAILED else report.skipped).append((path, reason))
+    if previous is not None and previous.status == STATUS_INGESTED:
+        # The old passages describe content the file no longer has.
+        memory.remove_document(path)
+    sha256 = scan.sha256 if scan is not None else ""
+    size = scan.size if scan is not None else entry.size
+    memory.record_file_status(path, sha256, size, entry.mtime, status, reason)
+
+
+__all__ = ["DocumentStore", "IngestProgress", "IngestReport", "ingest_folder"]
