@@ -1,0 +1,1 @@
+"""Kernels of HydraLM written in plain PyTorch."""
