@@ -40,6 +40,7 @@ STATUS_INGESTED = "ingested"
 STATUS_SKIPPED = "skipped"
 STATUS_FAILED = "failed"
 PROGRESS_INTERVAL_S = 0.25
+INVALID_NAME_REASON = "file name is not valid UTF-8, so it cannot be recorded; rename the file"
 
 
 class DocumentStore(Protocol):
@@ -122,6 +123,19 @@ def _cancel_check(cancel: CancelToken | None) -> Callable[[], bool]:
     raise TypeError(f"cancel must be a callable or a threading.Event, got {type(cancel).__name__}")
 
 
+def display_path(path: str) -> str:
+    """Return `path` printable in any UTF-8 terminal: undecodable bytes become `\\xNN` escapes."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _is_utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _is_under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
@@ -201,6 +215,8 @@ def ingest_folder(
     """
     started = time.monotonic()
     root = os.path.abspath(os.fspath(folder))
+    if not _is_utf8(root):
+        raise ValueError(f"folder name is not valid UTF-8: {display_path(root)}; rename the folder")
     is_cancelled = _cancel_check(cancel)
     report = IngestReport(folder=root)
 
@@ -225,8 +241,13 @@ def ingest_folder(
             report.cancelled = True
             break
         path = str(entry.path)
+        tracker.send(report, files_done, bytes_done, display_path(path))
+        if not _is_utf8(path):
+            # SQLite stores text as UTF-8, so such a path cannot be recorded.
+            report.skipped.append((display_path(path), INVALID_NAME_REASON))
+            bytes_done += entry.size
+            continue
         seen.add(path)
-        tracker.send(report, files_done, bytes_done, path)
         if isinstance(entry, SkippedFile):
             _record_skip(memory, report, known.get(path), entry)
         else:
