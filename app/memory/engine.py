@@ -1,0 +1,765 @@
+"""The memory engine: a constant-size delta-rule state plus a SQLite write log.
+
+Every write (teach, forget, undo, a document's passages) is committed to the
+log first, then applied to the in-memory state as a zero-gradient delta-rule
+update. The state file is a checkpoint: it records the id of the last log row
+it contains, and opening a memory replays the rows after it. So the log is
+the write-ahead log of the state, a crash at any point loses no committed
+write, and replaying the whole log from an empty state rebuilds the state
+bit for bit (the same float operations in the same order).
+
+The state has two partitions of the same design (`partition.py`): one for
+facts, keyed by the subject, and one for document passages, keyed by the
+passage text. Values are ±1 codes of the item ids (`codes.py`); recall reads
+the state with the question's key and decodes by clean-up against the codes
+of the live items, whose texts and provenance come from SQLite.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from app import paths
+from app.memory import state_file, store
+from app.memory.codes import FACT_SALT, PASSAGE_SALT, item_codes
+from app.memory.errors import MemoryError_, StateFileError, StorageError, UndoError, UnknownSubjectError
+from app.memory.features import FACT_WEIGHTS, PASSAGE_WEIGHTS, content_words
+from app.memory.lock import MemoryLock
+from app.memory.partition import DeltaRulePartition
+from app.memory.records import (
+    DocumentRecord,
+    Fact,
+    MemoryItem,
+    MemoryStats,
+    Recall,
+    WriteRecord,
+)
+
+logger = logging.getLogger(__name__)
+
+STATE_NAME = "state.safetensors"
+CHAT_STATE_NAME = "chat_state.safetensors"
+MAX_SUBJECT_CHARS = 500
+MAX_VALUE_CHARS = 10_000
+MAX_SOURCE_CHARS = 100
+FACT_OPS = ("teach", "forget", "undo")
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """Sizes of the state and the recall thresholds.
+
+    The state holds `fact_key_dim * fact_value_dim + passage_key_dim *
+    passage_value_dim` float32 numbers plus one float32 count per key slot,
+    whatever the number of items written.
+    """
+
+    fact_key_dim: int = 1 << 15
+    fact_value_dim: int = 256
+    passage_key_dim: int = 1 << 15
+    passage_value_dim: int = 256
+    fact_threshold: float = 0.15
+    passage_threshold: float = 0.15
+    checkpoint_every: int = 2000
+
+    def metadata(self) -> dict[str, str]:
+        """Return the dimensions that a state file must match."""
+        return {
+            "fact_key_dim": str(self.fact_key_dim),
+            "fact_value_dim": str(self.fact_value_dim),
+            "passage_key_dim": str(self.passage_key_dim),
+            "passage_value_dim": str(self.passage_value_dim),
+        }
+
+
+def normalize_subject(subject: str) -> str:
+    """Return the lookup key of a subject: case-folded, single-spaced, without end punctuation."""
+    return " ".join(subject.casefold().split()).strip(" .!?;:,")
+
+
+def _check_text(name: str, text: Any, max_chars: int) -> str:
+    if not isinstance(text, str):
+        raise TypeError(f"{name} must be a str, got {type(text).__name__}")
+    text = text.strip()
+    if not text:
+        raise ValueError(f"{name} is empty; give a non-empty {name}")
+    if len(text) > max_chars:
+        raise ValueError(f"{name} is {len(text)} characters long; the maximum is {max_chars}")
+    if "\x00" in text:
+        raise ValueError(f"{name} contains a NUL character; remove it")
+    return text
+
+
+class _LiveItems:
+    """The ids of a partition's live items and, built on demand, their codes."""
+
+    def __init__(self, value_dim: int, salt: int):
+        self.value_dim = value_dim
+        self.salt = salt
+        self.ids: dict[int, None] = {}
+        self._codes: tuple[np.ndarray, torch.Tensor] | None = None
+
+    def add(self, item_id: int) -> None:
+        self.ids[item_id] = None
+        self._codes = None
+
+    def discard(self, item_id: int) -> None:
+        self.ids.pop(item_id, None)
+        self._codes = None
+
+    def codes(self) -> tuple[np.ndarray, torch.Tensor]:
+        if self._codes is None:
+            ids = np.fromiter(self.ids, dtype=np.int64, count=len(self.ids))
+            self._codes = (ids, item_codes(ids, self.value_dim, self.salt))  # (N,), (N, Dv)
+        return self._codes
+
+
+class Memory:
+    """One user's memory: state, log, lock. Open it with `Memory.open()`.
+
+    Every public method is safe to call from several threads of one process;
+    other processes are kept out by the folder's lock.
+    """
+
+    def __init__(self, data_dir: Path, wait: float, config: MemoryConfig):
+        self.data_dir = Path(data_dir)
+        self.config = config
+        self.state_path = self.data_dir / STATE_NAME
+        self.chat_state_path = self.data_dir / CHAT_STATE_NAME
+        self._mutex = threading.RLock()
+        self._closed = False
+        try:
+            paths.ensure_private_dir(self.data_dir)
+        except OSError as error:
+            raise StorageError(f"cannot create the memory folder {self.data_dir}: {error.strerror}") from error
+        self._lock = MemoryLock(self.data_dir, wait=wait)
+        try:
+            self.db = store.open_database(self.data_dir)
+            self._init_state()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    # Opening, saving, closing -------------------------------------------------
+
+    @classmethod
+    def open(cls, data_dir: str | os.PathLike | None = None, wait: float = 0.0, config: MemoryConfig | None = None) -> Memory:
+        """Open (creating when needed) the memory in `data_dir` and lock it.
+
+        Args:
+            data_dir: the memory folder; None means `app.paths.data_dir()`.
+            wait: seconds to wait for another process to release the memory.
+            config: state sizes; must match those of an existing state file.
+
+        Raises:
+            MemoryInUseError: another process holds the memory after `wait`.
+            StateFileError: the state file is corrupt or foreign (left untouched).
+            StorageError: the folder or log cannot be created or opened.
+        """
+        folder = Path(data_dir).expanduser() if data_dir is not None else paths.data_dir()
+        if folder.exists() and not folder.is_dir():
+            raise StorageError(f"memory folder {folder} is a file, not a folder; give a folder path")
+        return cls(folder, wait, config or MemoryConfig())
+
+    def __enter__(self) -> Memory:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _new_partitions(self) -> None:
+        c = self.config
+        self.facts_state = DeltaRulePartition(c.fact_key_dim, c.fact_value_dim, FACT_WEIGHTS)
+        self.passages_state = DeltaRulePartition(c.passage_key_dim, c.passage_value_dim, PASSAGE_WEIGHTS)
+        self.tokens_streamed = torch.zeros(1, dtype=torch.int64)
+        self.last_write_id = 0
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Return every tensor of the state (what the state file stores)."""
+        tensors = {**self.facts_state.tensors("facts"), **self.passages_state.tensors("passages")}
+        tensors["tokens_streamed"] = self.tokens_streamed
+        return tensors
+
+    def _init_state(self) -> None:
+        self._new_partitions()
+        if self.state_path.exists():
+            tensors, metadata = state_file.load_state(self.state_path)
+            expected = self.config.metadata()
+            found = {k: metadata.get(k) for k in expected}
+            if found != expected:
+                raise StateFileError(str(self.state_path), f"it has state sizes {found}, expected {expected}")
+            try:
+                self.facts_state.load_tensors(tensors, "facts")
+                self.passages_state.load_tensors(tensors, "passages")
+                self.tokens_streamed = tensors["tokens_streamed"].clone()
+                self.last_write_id = int(metadata["last_write_id"])
+            except (KeyError, ValueError) as error:
+                raise StateFileError(str(self.state_path), f"a tensor is missing or malformed ({error})") from error
+            replay_needed = True
+        else:
+            replay_needed = False
+            if self._count("SELECT COUNT(*) FROM writes"):
+                logger.warning("state file %s is missing; rebuilding it from the log", self.state_path)
+                replay_needed = True
+
+        self.facts_live = _LiveItems(self.config.fact_value_dim, FACT_SALT)
+        self.passages_live = _LiveItems(self.config.passage_value_dim, PASSAGE_SALT)
+        last_logged = self._count("SELECT COALESCE(MAX(id), 0) FROM writes")
+        if self.last_write_id > last_logged:
+            raise StateFileError(
+                str(self.state_path),
+                f"it contains write {self.last_write_id} but the log ends at write {last_logged} "
+                "(the state file belongs to another log)",
+            )
+        replayed = self._replay(after=self.last_write_id) if replay_needed else 0
+        self._load_live_items()
+        self._pending = 0
+        if replayed or not self.state_path.exists():
+            if replayed:
+                logger.info("replayed %d logged writes into the state", replayed)
+            self.save()
+
+    def _count(self, sql: str, params: tuple = ()) -> int:
+        return int(self.db.conn.execute(sql, params).fetchone()[0])
+
+    def _load_live_items(self) -> None:
+        for (write_id,) in self.db.conn.execute("SELECT write_id FROM facts"):
+            self.facts_live.add(write_id)
+        for (passage_id,) in self.db.conn.execute("SELECT id FROM passages WHERE removed_by IS NULL"):
+            self.passages_live.add(passage_id)
+
+    def _replay(self, after: int) -> int:
+        rows = self.db.conn.execute(f"SELECT {store.WRITE_COLUMNS} FROM writes WHERE id > ? ORDER BY id", (after,))
+        count = 0
+        for row in rows.fetchall():
+            self._apply(store.write_record(row))
+            count += 1
+        return count
+
+    def save(self) -> None:
+        """Checkpoint the state to its file atomically.
+
+        Raises:
+            StorageError: the file cannot be written; the previous state file
+                and the in-memory state stay usable, and the log still holds
+                every write, so nothing is lost.
+        """
+        with self._mutex:
+            metadata = self.config.metadata()
+            # Zero-padded so the header, and with it the file size, never changes.
+            metadata["last_write_id"] = f"{self.last_write_id:020d}"
+            state_file.save_state(self.state_path, self.state_tensors(), metadata)
+            self._pending = 0
+
+    def _after_write(self, count: int) -> None:
+        self._pending += count
+        if self._pending >= self.config.checkpoint_every:
+            try:
+                self.save()
+            except StorageError as error:
+                # The log holds the write, so it is safe; the next save or open retries.
+                logger.warning("state checkpoint failed, the log still holds every write: %s", error)
+
+    def close(self) -> None:
+        """Checkpoint the state and release the lock.
+
+        Raises:
+            StorageError: the final checkpoint failed; the lock is released
+                anyway and the next open replays the log.
+        """
+        with self._mutex:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                if self._pending:
+                    self.save()
+            finally:
+                self.db.conn.close()
+                self._lock.release()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise MemoryError_(f"the memory in {self.data_dir} is closed; open it again with Memory.open()")
+
+    # Applying log rows to the state -------------------------------------------
+
+    @torch.no_grad()
+    def _apply(self, row: WriteRecord) -> None:
+        """Apply one committed log row to the state (the live path and replay share this)."""
+        if row.op in FACT_OPS:
+            self._apply_fact(row)
+        elif row.op in ("ingest", "remove"):
+            self._apply_passages(row)
+        else:
+            raise MemoryError_(f"log row {row.write_id} has an unknown operation {row.op!r}")
+        self.last_write_id = row.write_id
+
+    def _apply_fact(self, row: WriteRecord) -> None:
+        partition = self.facts_state
+        features = partition.features(normalize_subject(row.subject or ""))
+        if row.supersedes is None and row.live_after is not None:
+            partition.add_key(features)
+        key = partition.key(features)
+        if key is not None:
+            if row.live_after is not None:
+                value = item_codes([row.live_after], partition.value_dim, FACT_SALT)[0]  # (Dv,)
+                self.tokens_streamed += len(content_words(row.subject or "")) + len((row.value or "").split())
+            else:
+                value = torch.zeros(partition.value_dim)  # (Dv,)
+            partition.write(key, value)
+        if row.supersedes is not None and row.live_after is None:
+            partition.remove_key(features)
+
+    def _apply_passages(self, row: WriteRecord) -> None:
+        partition = self.passages_state
+        zero = torch.zeros(partition.value_dim)  # (Dv,)
+        removed = self.db.conn.execute(
+            "SELECT id, text FROM passages WHERE removed_by = ? ORDER BY id", (row.write_id,)
+        ).fetchall()
+        for _, text in removed:
+            features = partition.features(text)
+            key = partition.key(features)
+            if key is not None:
+                partition.write(key, zero)
+                partition.remove_key(features)
+        added = self.db.conn.execute(
+            "SELECT id, text FROM passages WHERE added_by = ? ORDER BY id", (row.write_id,)
+        ).fetchall()
+        for passage_id, text in added:
+            features = partition.features(text)
+            if len(features[0]) == 0:
+                continue
+            partition.add_key(features)
+            key = partition.key(features)
+            value = item_codes([passage_id], partition.value_dim, PASSAGE_SALT)[0]  # (Dv,)
+            partition.write(key, value)
+            self.tokens_streamed += len(text.split())
+
+    # Facts ----------------------------------------------------------------------
+
+    def _live_fact(self, subject_key: str) -> int | None:
+        row = self.db.conn.execute("SELECT write_id FROM facts WHERE subject_key = ?", (subject_key,)).fetchone()
+        return row[0] if row else None
+
+    def _log_fact_write(
+        self, op: str, subject: str, value: str | None, source: str, supersedes: int | None, undoes: int | None = None,
+        restore: int | None = None,
+    ) -> WriteRecord:
+        """Commit one fact row and the live-fact change, then apply it to the state.
+
+        `restore` is the write id that becomes live again (undo); a teach makes
+        itself live, and a forget leaves nothing live.
+        """
+        subject_key = normalize_subject(subject)
+        with store.transaction(self.db, f"write {op} of {subject!r} to") as conn:
+            cursor = conn.execute(
+                "INSERT INTO writes (op, subject, subject_key, value, source, created_at, supersedes, undoes) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (op, subject, subject_key, value, source, store.utc_now(), supersedes, undoes),
+            )
+            write_id = cursor.lastrowid
+            live_after = write_id if op == "teach" else restore
+            conn.execute("UPDATE writes SET live_after = ? WHERE id = ?", (live_after, write_id))
+            if live_after is None:
+                conn.execute("DELETE FROM facts WHERE subject_key = ?", (subject_key,))
+            else:
+                conn.execute(
+                    "INSERT INTO facts (subject_key, write_id) VALUES (?, ?) "
+                    "ON CONFLICT(subject_key) DO UPDATE SET write_id = excluded.write_id",
+                    (subject_key, live_after),
+                )
+        record = store.get_write(self.db, write_id)
+        self._apply(record)
+        if supersedes is not None:
+            self.facts_live.discard(supersedes)
+        if live_after is not None:
+            self.facts_live.add(live_after)
+        self._after_write(1)
+        logger.debug("logged write %d: %s %r", write_id, op, subject)
+        return record
+
+    def teach(self, subject: str, value: str, source: str = "cli") -> WriteRecord:
+        """Store `value` for `subject`; a subject taught before is overwritten.
+
+        The old value stays readable in `history(subject)`.
+
+        Raises:
+            ValueError: empty or over-long subject, value or source, or a
+                subject without a single word to recall it by.
+            StorageError: the log cannot be written; memory is unchanged.
+        """
+        subject = _check_text("subject", subject, MAX_SUBJECT_CHARS)
+        value = _check_text("value", value, MAX_VALUE_CHARS)
+        source = _check_text("source", source, MAX_SOURCE_CHARS)
+        if not content_words(normalize_subject(subject)):
+            raise ValueError(
+                f"subject {subject!r} has no word to recall it by (only stop words or punctuation); "
+                "name the thing, e.g. 'locker code'"
+            )
+        with self._mutex:
+            self._check_open()
+            live = self._live_fact(normalize_subject(subject))
+            return self._log_fact_write("teach", subject, value, source, supersedes=live)
+
+    def forget(self, subject: str, source: str = "cli") -> WriteRecord:
+        """Erase `subject` from the state with a zero delta-rule write.
+
+        Raises:
+            UnknownSubjectError: memory holds no live fact about `subject`.
+            StorageError: the log cannot be written; memory is unchanged.
+        """
+        subject = _check_text("subject", subject, MAX_SUBJECT_CHARS)
+        source = _check_text("source", source, MAX_SOURCE_CHARS)
+        with self._mutex:
+            self._check_open()
+            live = self._live_fact(normalize_subject(subject))
+            if live is None:
+                raise UnknownSubjectError(subject)
+            return self._log_fact_write("forget", subject, None, source, supersedes=live)
+
+    def undo(self, write_id: int, source: str = "cli") -> WriteRecord:
+        """Revert the fact write `write_id` (a teach, forget or undo) with a new logged write.
+
+        The subject returns to the value that was live before that write (or
+        becomes unknown if there was none). Only the latest write of a subject
+        can be undone, so that an undo never silently discards a later value.
+
+        Raises:
+            UndoError: no such write, a document write, or a later write of the
+                same subject exists.
+        """
+        if isinstance(write_id, bool) or not isinstance(write_id, int):
+            raise TypeError(f"write_id must be an int, got {type(write_id).__name__}")
+        with self._mutex:
+            self._check_open()
+            row = store.get_write(self.db, write_id)
+            if row is None:
+                raise UndoError(f"no write with id {write_id}; list writes with `hydra-chat facts --history SUBJECT`")
+            if row.op not in FACT_OPS:
+                raise UndoError(
+                    f"write {write_id} is a document {row.op}, which undo does not revert; "
+                    "re-run `hydra-chat ingest` on the folder instead"
+                )
+            live = self._live_fact(normalize_subject(row.subject))
+            if live != row.live_after:
+                latest = self.db.conn.execute(
+                    "SELECT MAX(id) FROM writes WHERE subject_key = ?", (normalize_subject(row.subject),)
+                ).fetchone()[0]
+                raise UndoError(
+                    f"write {write_id} is not the latest write of {row.subject!r} (write {latest} is); "
+                    f"undo write {latest} first"
+                )
+            restored_value = None
+            if row.supersedes is not None:
+                restored_value = store.get_write(self.db, row.supersedes).value
+            return self._log_fact_write(
+                "undo", row.subject, restored_value, source, supersedes=live, undoes=write_id, restore=row.supersedes
+            )
+
+    def facts(self) -> list[Fact]:
+        """Return the live facts, oldest value first."""
+        with self._mutex:
+            self._check_open()
+            rows = self.db.conn.execute(
+                "SELECT w.subject, w.value, w.id, w.created_at, w.source FROM facts f "
+                "JOIN writes w ON w.id = f.write_id ORDER BY w.id"
+            ).fetchall()
+        return [Fact(subject=r[0], value=r[1], write_id=r[2], taught_at=r[3], source=r[4]) for r in rows]
+
+    def history(self, subject: str) -> list[WriteRecord]:
+        """Return every logged write of `subject`, oldest first (empty when never taught)."""
+        with self._mutex:
+            self._check_open()
+            rows = self.db.conn.execute(
+                f"SELECT {store.WRITE_COLUMNS} FROM writes WHERE subject_key = ? ORDER BY id",
+                (normalize_subject(subject),),
+            ).fetchall()
+        return [store.write_record(r) for r in rows]
+
+    def writes(self, after: int = 0) -> list[WriteRecord]:
+        """Return the log rows with an id above `after`, oldest first."""
+        with self._mutex:
+            self._check_open()
+            rows = self.db.conn.execute(
+                f"SELECT {store.WRITE_COLUMNS} FROM writes WHERE id > ? ORDER BY id", (after,)
+            ).fetchall()
+        return [store.write_record(r) for r in rows]
+
+    # Recall ---------------------------------------------------------------------
+
+    def _decode(
+        self, partition: DeltaRulePartition, live: _LiveItems, question: str, k: int
+    ) -> list[tuple[int, float]]:
+        """Read the state under the question's key and clean up against the live codes."""
+        if not live.ids:
+            return []
+        key = partition.key(partition.features(question))
+        if key is None:
+            return []
+        readout = partition.read(key).float()  # (Dv,)
+        ids, codes = live.codes()  # (N,), (N, Dv)
+        scores = codes @ readout / partition.value_dim  # (N,)
+        top = torch.topk(scores, min(k, len(ids)))
+        return [(int(ids[i]), float(s)) for s, i in zip(top.values, top.indices)]
+
+    def recall(self, question: str, k: int = 5) -> Recall:
+        """Return the `k` best memory items for `question`, facts and passages merged by score.
+
+        `Recall.known` is True when the best item clears its kind's threshold
+        (`MemoryConfig.fact_threshold` or `passage_threshold`).
+        """
+        question = _check_text("question", question, MAX_VALUE_CHARS)
+        if k <= 0:
+            raise ValueError(f"k must be positive, got {k}")
+        with self._mutex:
+            self._check_open()
+            items = [self._fact_item(i, s) for i, s in self._decode(self.facts_state, self.facts_live, question, k)]
+            items += [
+                self._passage_item(i, s) for i, s in self._decode(self.passages_state, self.passages_live, question, k)
+            ]
+        items.sort(key=lambda item: item.score, reverse=True)
+        items = items[:k]
+        known = any(
+            item.score >= (self.config.fact_threshold if item.kind == "fact" else self.config.passage_threshold)
+            for item in items
+        )
+        threshold = min(self.config.fact_threshold, self.config.passage_threshold)
+        return Recall(question=question, items=items, known=known, threshold=threshold)
+
+    def _fact_item(self, write_id: int, score: float) -> MemoryItem:
+        row = store.get_write(self.db, write_id)
+        origin = f"taught {row.created_at[:10]} via {row.source}"
+        return MemoryItem(
+            kind="fact", text=f"{row.subject}: {row.value}", subject=row.subject, value=row.value,
+            origin=origin, score=score, item_id=write_id,
+        )
+
+    def _passage_item(self, passage_id: int, score: float) -> MemoryItem:
+        path, start, text = self.db.conn.execute(
+            'SELECT path, start, text FROM passages WHERE id = ?', (passage_id,)
+        ).fetchone()
+        return MemoryItem(
+            kind="passage", text=text, subject=None, value=None, origin=f"{path}:{start}", score=score,
+            item_id=passage_id,
+        )
+
+    # Documents ------------------------------------------------------------------
+
+    def ingest(self, folder: str | os.PathLike, progress: Callable | None = None, cancel: Any = None):
+        """Bring the memory's record of `folder` up to date (see `app.ingest.pipeline`).
+
+        Returns:
+            the pipeline's `IngestReport`.
+        """
+        from app.ingest.pipeline import ingest_folder
+
+        self._check_open()
+        return ingest_folder(self, folder, progress=progress, cancel=cancel)
+
+    def _live_passage_count(self, conn, path: str) -> int:
+        return int(
+            conn.execute("SELECT COUNT(*) FROM passages WHERE path = ? AND removed_by IS NULL", (path,)).fetchone()[0]
+        )
+
+    def add_document(self, path: str, sha256: str, size: int, mtime: float, passages: Iterable[Any]) -> int:
+        """Write a document's passages, replacing (forgetting) an older version of `path`.
+
+        Args:
+            passages: objects with `text`, `start` and `end` (character offsets
+                in the extracted text).
+
+        Returns:
+            the number of passages written.
+        """
+        path = _check_text("path", path, 4096)
+        stored = [(str(p.text), int(p.start), int(p.end)) for p in passages]
+        with self._mutex:
+            self._check_open()
+            with store.transaction(self.db, f"write document {path} to") as conn:
+                cursor = conn.execute(
+                    "INSERT INTO writes (op, subject, subject_key, value, source, created_at, document, passages) "
+                    "VALUES ('ingest', NULL, NULL, ?, 'ingest', ?, ?, ?)",
+                    (sha256, store.utc_now(), path, len(stored)),
+                )
+                write_id = cursor.lastrowid
+                conn.execute(
+                    "UPDATE passages SET removed_by = ? WHERE path = ? AND removed_by IS NULL", (write_id, path)
+                )
+                conn.executemany(
+                    'INSERT INTO passages (path, start, "end", text, added_by) VALUES (?, ?, ?, ?, ?)',
+                    [(path, start, end, text, write_id) for text, start, end in stored],
+                )
+                conn.execute(
+                    "INSERT INTO documents (path, sha256, size, mtime, status, reason, passages, write_id, updated_at) "
+                    "VALUES (?, ?, ?, ?, 'ingested', '', ?, ?, ?) ON CONFLICT(path) DO UPDATE SET "
+                    "sha256 = excluded.sha256, size = excluded.size, mtime = excluded.mtime, status = excluded.status, "
+                    "reason = excluded.reason, passages = excluded.passages, write_id = excluded.write_id, "
+                    "updated_at = excluded.updated_at",
+                    (path, sha256, int(size), float(mtime), len(stored), write_id, store.utc_now()),
+                )
+            self._apply_document_row(write_id)
+            self._after_write(max(len(stored), 1))
+        return len(stored)
+
+    def _apply_document_row(self, write_id: int) -> None:
+        self._apply(store.get_write(self.db, write_id))
+        for (passage_id,) in self.db.conn.execute("SELECT id FROM passages WHERE removed_by = ?", (write_id,)):
+            self.passages_live.discard(passage_id)
+        for (passage_id,) in self.db.conn.execute("SELECT id FROM passages WHERE added_by = ?", (write_id,)):
+            self.passages_live.add(passage_id)
+
+    def _log_removal(self, conn, path: str) -> int:
+        cursor = conn.execute(
+            "INSERT INTO writes (op, subject, subject_key, value, source, created_at, document, passages) "
+            "VALUES ('remove', NULL, NULL, NULL, 'ingest', ?, ?, 0)",
+            (store.utc_now(), path),
+        )
+        write_id = cursor.lastrowid
+        conn.execute("UPDATE passages SET removed_by = ? WHERE path = ? AND removed_by IS NULL", (write_id, path))
+        return write_id
+
+    def remove_document(self, path: str) -> None:
+        """Forget every passage of `path` and drop its record (a file deleted from the folder)."""
+        with self._mutex:
+            self._check_open()
+            with store.transaction(self.db, f"remove document {path} from") as conn:
+                write_id = self._log_removal(conn, path)
+                conn.execute("DELETE FROM documents WHERE path = ?", (path,))
+            self._apply_document_row(write_id)
+            self._after_write(1)
+
+    def record_file_status(self, path: str, sha256: str, size: int, mtime: float, status: str, reason: str) -> None:
+        """Record a file that was not ingested (skipped or failed) with the reason.
+
+        If an older version of the file had passages, they are forgotten first.
+        """
+        with self._mutex:
+            self._check_open()
+            write_id = None
+            with store.transaction(self.db, f"record file {path} in") as conn:
+                if self._live_passage_count(conn, path):
+                    write_id = self._log_removal(conn, path)
+                conn.execute(
+                    "INSERT INTO documents (path, sha256, size, mtime, status, reason, passages, write_id, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?) ON CONFLICT(path) DO UPDATE SET "
+                    "sha256 = excluded.sha256, size = excluded.size, mtime = excluded.mtime, status = excluded.status, "
+                    "reason = excluded.reason, passages = 0, write_id = excluded.write_id, "
+                    "updated_at = excluded.updated_at",
+                    (path, sha256 or "", int(size), float(mtime), status, reason or "", write_id, store.utc_now()),
+                )
+            if write_id is not None:
+                self._apply_document_row(write_id)
+                self._after_write(1)
+
+    def documents(self) -> list[DocumentRecord]:
+        """Return every file the memory has recorded, by path."""
+        with self._mutex:
+            self._check_open()
+            rows = list(self.db.query("SELECT * FROM documents ORDER BY path"))
+        return [store.document_record(r) for r in rows]
+
+    # Conversation -------------------------------------------------------------
+
+    def log_turn(self, role: str, text: str) -> None:
+        """Append one chat turn ("user" or "assistant") to the log."""
+        if role not in ("user", "assistant", "system"):
+            raise ValueError(f"role must be 'user', 'assistant' or 'system', got {role!r}")
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        with self._mutex:
+            self._check_open()
+            with store.transaction(self.db, "log a chat turn to") as conn:
+                conn.execute("INSERT INTO turns (role, text, created_at) VALUES (?, ?, ?)", (role, text, store.utc_now()))
+
+    def turns(self, limit: int = 100) -> list[tuple[str, str, str]]:
+        """Return the last `limit` chat turns as (role, text, created_at), oldest first."""
+        with self._mutex:
+            self._check_open()
+            rows = self.db.conn.execute(
+                "SELECT role, text, created_at FROM turns ORDER BY id DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [tuple(r) for r in reversed(rows)]
+
+    def save_chat_state(self, state) -> None:
+        """Save the chat model's `HydraState` beside the memory, atomically."""
+        with self._mutex:
+            self._check_open()
+            tmp = self.chat_state_path.with_name(f".{CHAT_STATE_NAME}.{os.getpid()}.tmp")
+            try:
+                state.save(tmp)
+                os.chmod(tmp, 0o600)
+                with open(tmp, "rb") as handle:
+                    os.fsync(handle.fileno())
+                os.replace(tmp, self.chat_state_path)
+            except OSError as error:
+                tmp.unlink(missing_ok=True)
+                raise StorageError(f"cannot save the chat state to {self.chat_state_path}: {error.strerror}") from error
+            state_file.fsync_dir(self.data_dir)
+
+    def load_chat_state(self, config):
+        """Return the saved chat `HydraState` for the model `config`, or None when there is none.
+
+        A state saved by a model with another config is not used (logged), so
+        a changed model starts a fresh conversation.
+        """
+        from hydralm.state import HydraState
+
+        with self._mutex:
+            self._check_open()
+            if not self.chat_state_path.exists():
+                return None
+            try:
+                return HydraState.load(self.chat_state_path, config)
+            except ValueError as error:
+                logger.warning("not using the saved chat state %s: %s", self.chat_state_path, error)
+                return None
+
+    # Stats ----------------------------------------------------------------------
+
+    def state_nbytes(self) -> int:
+        """Return the bytes of the state tensors."""
+        return sum(t.numel() * t.element_size() for t in self.state_tensors().values())
+
+    def stats(self) -> MemoryStats:
+        """Return the sizes of the state and the counts in the log."""
+        with self._mutex:
+            self._check_open()
+            file_bytes = self.state_path.stat().st_size if self.state_path.exists() else 0
+            return MemoryStats(
+                state_bytes=self.state_nbytes(),
+                state_file_bytes=file_bytes,
+                facts=self._count("SELECT COUNT(*) FROM facts"),
+                documents=self._count("SELECT COUNT(*) FROM documents WHERE status = 'ingested'"),
+                passages=self._count("SELECT COUNT(*) FROM passages WHERE removed_by IS NULL"),
+                writes=self._count("SELECT COUNT(*) FROM writes"),
+                tokens_streamed=int(self.tokens_streamed.item()),
+            )
+
+    # Archives -------------------------------------------------------------------
+
+    def export(self, archive: str | os.PathLike) -> Path:
+        """Write the memory (state, log, chat state) into one tar archive; return its path."""
+        from app.memory.archive import export_memory
+
+        with self._mutex:
+            self._check_open()
+            self.save()
+            return export_memory(self, Path(archive))
+
+    @classmethod
+    def import_archive(cls, archive: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> None:
+        """Replace the memory in `data_dir` with the one in `archive` (see `archive.import_memory`)."""
+        from app.memory.archive import import_memory
+
+        folder = Path(data_dir).expanduser() if data_dir is not None else paths.data_dir()
+        import_memory(Path(archive), folder)

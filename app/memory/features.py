@@ -1,0 +1,110 @@
+"""Sparse hashed key features of subjects, questions and passages.
+
+A text becomes a few hundred signed features hashed into `key_dim` slots:
+
+- content words (stop words dropped) and adjacent word bigrams;
+- unordered pairs of content words within a small window, which match a
+  question that names the same things in another order ("Zofia Rahman's
+  favourite colour" and "favourite colour of Zofia Rahman");
+- character 3- to 5-grams of each content word at a low weight, which match
+  inflections ("manages" and "manager", "allergic" and "allergy").
+
+Each feature gets a random sign from its hash, so colliding features cancel
+on average instead of adding up. The caller multiplies the weights by an IDF
+factor kept in the state (see `partition.py`) and normalises the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+TOKEN_RE = re.compile(r"[^\W_]+(?:[-.:/][^\W_]+)*")
+
+STOP_WORDS = frozenset(
+    """a an the of at in on to is are was were be been am what what's whats who whom whose which
+    when where why how do does did done i me my mine we our you your it its this that these those
+    there here for with and or but by as from into about can could should would will shall may
+    might must use uses used like best get got please tell know now""".split()
+)
+
+
+@dataclass(frozen=True)
+class FeatureWeights:
+    """Relative weights of the feature kinds, and the pair window in words."""
+
+    word: float = 1.0
+    bigram: float = 1.0
+    pair: float = 1.0
+    char: float = 0.1
+    pair_window: int = 8
+    char_min: int = 3
+    char_max: int = 5
+
+
+FACT_WEIGHTS = FeatureWeights()
+PASSAGE_WEIGHTS = FeatureWeights(pair=0.5, char=0.05, pair_window=3, char_min=4, char_max=4)
+
+
+def tokenize(text: str) -> list[str]:
+    """Split `text` into lower-case words; a possessive 's is dropped."""
+    text = text.casefold().replace("\u2019", "'").replace("'s ", " ").replace("'s?", "?")
+    if text.endswith("'s"):
+        text = text[:-2]
+    return TOKEN_RE.findall(text)
+
+
+def content_words(text: str) -> list[str]:
+    """Return the words of `text` that are not stop words, in order."""
+    return [w for w in tokenize(text) if w not in STOP_WORDS]
+
+
+def _hash(kind: str, feature: str) -> int:
+    digest = hashlib.blake2b(f"{kind}\x1f{feature}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def text_features(text: str, weights: FeatureWeights = FACT_WEIGHTS) -> list[tuple[str, str, float]]:
+    """List the (kind, feature, weight) triples of `text`; repeats are kept."""
+    words = content_words(text)
+    out: list[tuple[str, str, float]] = []
+    for word in words:
+        out.append(("w", word, weights.word))
+    for left, right in zip(words, words[1:]):
+        out.append(("b", f"{left} {right}", weights.bigram))
+    if weights.pair > 0:
+        for i, left in enumerate(words):
+            for right in words[i + 1 : i + 1 + weights.pair_window]:
+                if left != right:
+                    a, b = sorted((left, right))
+                    out.append(("p", f"{a}+{b}", weights.pair))
+    if weights.char > 0:
+        for word in words:
+            padded = f"<{word}>"
+            for n in range(weights.char_min, weights.char_max + 1):
+                for i in range(len(padded) - n + 1):
+                    out.append(("c", padded[i : i + n], weights.char))
+    return out
+
+
+def hashed_features(text: str, key_dim: int, weights: FeatureWeights = FACT_WEIGHTS) -> tuple[np.ndarray, np.ndarray]:
+    """Hash the features of `text` into `key_dim` slots.
+
+    Returns:
+        (index, value): sorted unique slot indices (int64, shape (n,)) and the
+        summed signed weights in them (float64, shape (n,)); slots whose
+        features cancelled exactly are dropped.
+    """
+    slots: dict[int, float] = {}
+    for kind, feature, weight in text_features(text, weights):
+        h = _hash(kind, feature)
+        slot = h % key_dim
+        sign = 1.0 if (h >> 63) & 1 else -1.0
+        slots[slot] = slots.get(slot, 0.0) + sign * weight
+    index = np.fromiter(sorted(slots), dtype=np.int64, count=len(slots))
+    value = np.array([slots[i] for i in index], dtype=np.float64)
+    keep = value != 0.0
+    return index[keep], value[keep]
