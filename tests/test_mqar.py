@@ -129,6 +129,59 @@ def test_accuracy_counts_only_answer_positions():
     labels[0, 2] = 3
     logits = torch.zeros(1, 4, 5)
     logits[0, :, 1] = 1.0  # wrong everywhere ...
-    logits[0, 2, 3] = 2.0  # ... except at the answer position
+    logits[0, 2, 3] = 2.0  # ... except at the labelled position
 
     assert mqar_accuracy(logits, labels) == (1, 1)
+
+
+def tiny_models():
+    from hydralm import HydraConfig, HydraLM
+    from hydralm.baselines import TransformerLM
+
+    config = HydraConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, intermediate_size=64, layer_types=["deltanet", "swa"],
+                         sliding_window=32, chunk_size=16)
+    torch.manual_seed(0)
+    return {"hydralm": HydraLM(config), "transformer": TransformerLM.matched_to(config)}
+
+
+@pytest.mark.parametrize("name", ["hydralm", "transformer"])
+def test_training_lowers_loss(name):
+    model = tiny_models()[name]
+    config = MQARConfig(vocab_size=64, seq_len=16, num_kv_pairs=2, num_queries=1)
+    seen = []
+
+    result = train_mqar(model, config, steps=60, batch_size=16, lr=3e-3,
+                        progress=lambda step, steps, loss: seen.append(step))
+    accuracy = evaluate_mqar(model, config, num_examples=64, batch_size=32)
+
+    first = sum(result.losses[:10]) / 10
+    last = sum(result.losses[-10:]) / 10
+    assert last < first - 0.3, (first, last)
+    assert result.steps == 60
+    assert seen == list(range(1, 61))
+    assert 0.0 <= accuracy <= 1.0
+    assert not model.training
+
+
+def test_cancel_stops_training():
+    model = tiny_models()["transformer"]
+    cancel = threading.Event()
+
+    def stop_after_three(step, steps, loss):
+        if step == 3:
+            cancel.set()
+
+    result = train_mqar(model, MQARConfig(vocab_size=64, seq_len=16), steps=50, batch_size=4,
+                        progress=stop_after_three, cancel=cancel)
+
+    assert result.cancelled
+    assert result.steps == 3
+    assert len(result.losses) == 3
+
+
+def test_model_vocabulary_too_small_is_rejected():
+    model = tiny_models()["transformer"]
+
+    with pytest.raises(ValueError, match="vocab_size=64 is smaller than the task's vocab_size=128"):
+        train_mqar(model, MQARConfig(vocab_size=128, seq_len=16), steps=1, batch_size=2)
