@@ -10,10 +10,13 @@ from __future__ import annotations
 import codecs
 import os
 import random
+import struct
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -27,6 +30,9 @@ from app.ingest.extractors import (
 )
 from app.ingest.pipeline import ingest_folder
 from app.ingest.splitter import split_passages
+from app.memory.errors import StateFileError, StorageError
+from app.memory.parser import parse_statement
+from app.memory.state_file import load_state, save_state
 
 from test_ingest_extractors import make_pdf
 from test_ingest_pipeline import RecordingStore
@@ -309,3 +315,122 @@ def test_utf16_with_odd_length_is_read(tmp_path):
     path.write_bytes(codecs.BOM_UTF16_LE + "hi".encode("utf-16-le") + b"x")
     text = "".join(extract(path, "text", scan_file(path, "text")).chunks)
     assert text == "hi\ufffd"
+
+
+# Teach statements -------------------------------------------------------------
+
+STATEMENT_WORDS = st.sampled_from(
+    [
+        "remember", "that", "my", "the", "locker", "code", "is", "are", "now", "changed", "to", ":",
+        "=", "?", "please", "note", "wifi", "4312", "x7", ",", ".", "what", "is", "  ", "\n", "\t",
+        "é", "\u200b", "\x00", "keep in mind", "has changed to", "moved to",
+    ]
+)
+
+
+@FAST
+@given(text=st.one_of(st.text(max_size=300), st.lists(STATEMENT_WORDS, max_size=30).map(" ".join)))
+@example(text="remember that my locker code is 4312")
+@example(text="is is is is is is")
+@example(text="remember " * 500 + "x is y")
+def test_parse_statement_returns_pair_or_none(text):
+    parsed = parse_statement(text)
+    if parsed is None:
+        return
+    subject, value = parsed
+    normalized = " ".join(text.split())
+    assert subject and value
+    assert subject == subject.strip()
+    assert value == value.strip()
+    assert subject in normalized
+    assert value in normalized
+    assert any(ch.isalnum() for ch in subject)
+    assert any(ch.isalnum() for ch in value)
+
+
+def test_parse_statement_huge_input_is_fast():
+    started = time.monotonic()
+    assert parse_statement("the code is " + "9" * 10_000_000) is None
+    assert parse_statement("a " * 400 + "is" + " b" * 400) is not None
+    assert time.monotonic() - started < 5
+
+
+def test_parse_statement_rejects_non_text():
+    with pytest.raises(TypeError, match="expects a str, got bytes"):
+        parse_statement(b"remember that x is y")
+
+
+# State loader -------------------------------------------------------------------
+
+
+def state_file_bytes(tmp_path: Path) -> bytes:
+    """Return the bytes of a small valid state file written by the engine's saver."""
+    path = tmp_path / "valid.safetensors"
+    save_state(path, {"matrix": torch.arange(12, dtype=torch.float32).reshape(3, 4)}, {"note": "test"})
+    return path.read_bytes()
+
+
+def header_file(header: bytes, tail: bytes = b"") -> bytes:
+    return struct.pack("<Q", len(header)) + header + tail
+
+
+def assert_rejected_untouched(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+    try:
+        load_state(path)
+    except (StateFileError, StorageError) as error:
+        assert str(path) in str(error)
+    assert path.read_bytes() == data
+
+
+@SLOW
+@given(data=st.data())
+def test_state_loader_rejects_damaged_files(tmp_path, data):
+    valid = state_file_bytes(tmp_path)
+    kind = data.draw(st.sampled_from(["random", "truncate", "flip"]))
+    if kind == "random":
+        damaged = data.draw(st.binary(max_size=4096))
+    elif kind == "truncate":
+        damaged = valid[: data.draw(st.integers(min_value=0, max_value=len(valid) - 1))]
+    else:
+        damaged = bytearray(valid)
+        for _ in range(data.draw(st.integers(min_value=1, max_value=8))):
+            position = data.draw(st.integers(min_value=0, max_value=len(valid) - 1))
+            damaged[position] = data.draw(st.integers(min_value=0, max_value=255))
+        damaged = bytes(damaged)
+    assert_rejected_untouched(tmp_path / "state.safetensors", damaged)
+
+
+HEADER_IS_NOT_AN_OBJECT = pytest.mark.xfail(
+    strict=True, reason="load_state reads a JSON header that is not an object with dict methods"
+)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(header_file(b"[1]"), marks=HEADER_IS_NOT_AN_OBJECT, id="header-list"),
+        pytest.param(header_file(b'"text"'), marks=HEADER_IS_NOT_AN_OBJECT, id="header-string"),
+        pytest.param(header_file(b"[" * 100_000 + b"]" * 100_000), marks=HEADER_IS_NOT_AN_OBJECT, id="header-deep"),
+        pytest.param(header_file(b"{}"), id="header-empty"),
+        pytest.param(struct.pack("<Q", 2**63) + b"{}", id="header-length-huge"),
+        pytest.param(
+            header_file(
+                b'{"__metadata__": {"format": "hydra-chat memory state", "format_version": "1", "sha256": "0"},'
+                b' "a": {"dtype": "F32", "shape": [1000000000000], "data_offsets": [0, 4]}}',
+                b"\x00" * 4,
+            ),
+            id="tensor-shape-huge",
+        ),
+        pytest.param(
+            header_file(
+                b'{"__metadata__": {"format": "hydra-chat memory state", "format_version": "1", "sha256": "0"},'
+                b' "a": {"dtype": "F32", "shape": [2], "data_offsets": [4, 0]}}',
+                b"\x00" * 8,
+            ),
+            id="tensor-offsets-reversed",
+        ),
+    ],
+)
+def test_state_loader_rejects_crafted_headers(tmp_path, data):
+    assert_rejected_untouched(tmp_path / "state.safetensors", data)

@@ -2,7 +2,8 @@
 
 For each file under the folder the pipeline compares size and mtime (then,
 when they differ, the SHA-256) with what the memory recorded last time, and
-only extracts and writes the files that are new or changed. The memory's
+only extracts and writes the files that are new or changed. A file that
+failed is tried again only once it changes. The memory's
 `add_document` replaces an older version of a path, so a changed file's old
 passages are forgotten before its new ones are written. Files that the walk no
 longer finds are removed from memory; files that cannot be read are recorded
@@ -44,7 +45,12 @@ INVALID_NAME_REASON = "file name is not valid UTF-8, so it cannot be recorded; r
 
 
 class DocumentStore(Protocol):
-    """The part of the memory engine that the pipeline writes through."""
+    """The part of the memory engine that the pipeline writes through.
+
+    `add_document` replaces an older version of the path, and
+    `record_file_status` forgets the passages of an older version before it
+    records a skipped or failed file, each in one transaction.
+    """
 
     def documents(self) -> list[Any]: ...
 
@@ -277,8 +283,6 @@ def _record_skip(memory: DocumentStore, report: IngestReport, previous: Any, ent
         and previous.mtime == entry.mtime
     ):
         return
-    if previous is not None and previous.status == STATUS_INGESTED:
-        memory.remove_document(path)
     memory.record_file_status(path, "", entry.size, entry.mtime, STATUS_SKIPPED, entry.reason)
 
 
@@ -293,14 +297,16 @@ def _ingest_file(
 ) -> None:
     path = str(entry.path)
 
-    # Unchanged: same size and mtime, or same content after hashing.
-    if previous is not None and previous.size == entry.size and previous.mtime == entry.mtime:
+    # Unchanged: same size and mtime, or same content after hashing. A record
+    # without a hash is a walker skip (size limit, binary), which depends on
+    # the options of that run, so such a file is looked at again.
+    if previous is not None and previous.sha256 and previous.size == entry.size and previous.mtime == entry.mtime:
         _report_unchanged(report, previous, path)
         return
     try:
         scan = scan_file(entry.path, entry.format)
     except ExtractionError as error:
-        _record_failure(memory, report, entry, None, str(error), previous=previous)
+        _record_failure(memory, report, entry, None, str(error))
         return
     if previous is not None and previous.sha256 == scan.sha256:
         _report_unchanged(report, previous, path)
@@ -313,11 +319,11 @@ def _ingest_file(
         # file or an extraction error never reaches the store.
         first = next(passages, None)
     except ExtractionError as error:
-        _record_failure(memory, report, entry, scan, str(error), previous=previous)
+        _record_failure(memory, report, entry, scan, str(error))
         return
     if first is None:
         reason = "no text: the file is empty or has only whitespace"
-        _record_failure(memory, report, entry, scan, reason, STATUS_SKIPPED, previous)
+        _record_failure(memory, report, entry, scan, reason, STATUS_SKIPPED)
         return
 
     counted = _CountingPassages(_chain(first, passages))
@@ -326,10 +332,11 @@ def _ingest_file(
     except ExtractionError as error:
         # A read error in the middle of a streamed file; the memory rolled
         # the document back, so record it as failed.
-        _record_failure(memory, report, entry, scan, str(error), previous=previous)
+        _record_failure(memory, report, entry, scan, str(error))
         return
     report.passages += written if isinstance(written, int) else counted.count
-    (report.updated if previous is not None else report.added).append(path)
+    replaced = previous is not None and previous.status == STATUS_INGESTED
+    (report.updated if replaced else report.added).append(path)
 
 
 def _chain(first: Passage, rest: Iterator[Passage]) -> Iterator[Passage]:
@@ -353,14 +360,10 @@ def _record_failure(
     scan: FileScan | None,
     reason: str,
     status: str = STATUS_FAILED,
-    previous: Any = None,
 ) -> None:
     path = str(entry.path)
     logger.warning("%s %s: %s", status, path, reason)
     (report.failed if status == STATUS_FAILED else report.skipped).append((path, reason))
-    if previous is not None and previous.status == STATUS_INGESTED:
-        # The old passages describe content the file no longer has.
-        memory.remove_document(path)
     sha256 = scan.sha256 if scan is not None else ""
     size = scan.size if scan is not None else entry.size
     memory.record_file_status(path, sha256, size, entry.mtime, status, reason)
