@@ -160,6 +160,41 @@ def test_generate_returns_constant_size_cache(model):
     assert long.cache.get_seq_length() == 12 + 39
 
 
+def test_continued_generate_reuses_returned_cache(model):
+    first_prompt = torch.randint(3, 256, (1, 10))
+    second_prompt = torch.randint(3, 256, (1, 6))
+    settings = {"max_new_tokens": 5, "do_sample": False, "eos_token_id": None, "pad_token_id": 0,
+                "return_dict_in_generate": True, "output_scores": True}
+    first = model.generate(first_prompt, **settings)
+    conversation = torch.cat([first.sequences, second_prompt], dim=1)
+    counts, handle = count_embedded_tokens(model)
+    try:
+        continued = model.generate(conversation, cache=first.cache, **settings)
+    finally:
+        handle.remove()
+    fresh = model.generate(conversation, **settings)
+
+    # Only the tokens the cache has not read are prefilled: the last
+    # generated token of the first turn and the second prompt.
+    assert counts == [1 + 6] + [1] * 4
+    assert torch.equal(continued.sequences, fresh.sequences)
+    for continued_scores, fresh_scores in zip(continued.scores, fresh.scores):
+        assert torch.allclose(continued_scores, fresh_scores, atol=1e-4)
+
+
+def test_generate_without_cache_matches_cached(model):
+    prompt = torch.randint(3, 256, (2, 9))
+    settings = {"max_new_tokens": 4, "do_sample": False, "eos_token_id": None, "pad_token_id": 0,
+                "return_dict_in_generate": True, "output_scores": True}
+
+    cached = model.generate(prompt, **settings)
+    uncached = model.generate(prompt, use_cache=False, **settings)
+
+    assert torch.equal(cached.sequences, uncached.sequences)
+    for cached_scores, uncached_scores in zip(cached.scores, uncached.scores):
+        assert torch.allclose(cached_scores, uncached_scores, atol=1e-4)
+
+
 def test_left_padded_batch_equals_each_prompt_alone(native, model):
     long_prompt = torch.randint(3, 256, (16,))
     short_prompt = torch.randint(3, 256, (10,))
