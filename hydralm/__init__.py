@@ -1,6 +1,8 @@
 """HydraLM: a hybrid of Gated DeltaNet and sliding-window attention layers
 whose inference state has a fixed size however many tokens it has read."""
 
+import importlib.util
+
 from hydralm.config import HydraConfig
 from hydralm.device import select_device
 from hydralm.model import HydraLM, HydraModel, HydraOutput
@@ -17,3 +19,8 @@ __all__ = [
     "select_device",
     "state_bytes",
 ]
+
+# Register the transformers adapter with AutoConfig / AutoModelForCausalLM
+# when transformers is installed; the rest of the library needs torch only.
+if importlib.util.find_spec("transformers") is not None:
+    import hydralm.hf  # noqa: F401
