@@ -172,13 +172,17 @@ class HydraLMForCausalLM(HydraLMPreTrainedModel, GenerationMixin):
         if not isinstance(native, HydraLM):
             raise ValueError(f"from_native needs a hydralm.HydraLM, got {type(native).__name__}")
         weight = native.model.embed_tokens.weight
-        model = cls(HydraLMConfig.from_hydra_config(native.config)).to(device=weight.device, dtype=weight.dtype)
+        # Every parameter is overwritten by the load, so random init is skipped.
+        with init.no_init_weights():
+            model = cls(HydraLMConfig.from_hydra_config(native.config))
+        model = model.to(device=weight.device, dtype=weight.dtype)
         model.load_state_dict(native.state_dict(), strict=True)
         return model
 
     def to_native(self) -> HydraLM:
         """Return a native ``HydraLM`` with a copy of these weights."""
-        native = HydraLM(self.config.to_hydra_config())
+        with init.no_init_weights():
+            native = HydraLM(self.config.to_hydra_config())
         weight = self.model.embed_tokens.weight
         native = native.to(device=weight.device, dtype=weight.dtype)
         native.load_state_dict(self.state_dict(), strict=True)
