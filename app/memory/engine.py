@@ -67,9 +67,19 @@ class MemoryConfig:
     fact_value_dim: int = 256
     passage_key_dim: int = 1 << 15
     passage_value_dim: int = 256
-    fact_threshold: float = 0.15
+    fact_threshold: float = 0.35
     passage_threshold: float = 0.15
     checkpoint_every: int = 2000
+    # "cleanup" (the default, see partition.py) or "delta", the plain delta
+    # rule for every write, kept to measure the difference.
+    write_rule: str = "cleanup"
+
+    def __post_init__(self) -> None:
+        if self.write_rule not in ("cleanup", "delta"):
+            raise ValueError(f"write_rule must be 'cleanup' or 'delta', got {self.write_rule!r}")
+        for name in ("fact_key_dim", "fact_value_dim", "passage_key_dim", "passage_value_dim", "checkpoint_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
     def metadata(self) -> dict[str, str]:
         """Return the dimensions that a state file must match."""
@@ -78,6 +88,7 @@ class MemoryConfig:
             "fact_value_dim": str(self.fact_value_dim),
             "passage_key_dim": str(self.passage_key_dim),
             "passage_value_dim": str(self.passage_value_dim),
+            "write_rule": self.write_rule,
         }
 
 
@@ -245,6 +256,22 @@ class Memory:
             count += 1
         return count
 
+    def replayed_state_tensors(self) -> dict[str, torch.Tensor]:
+        """Rebuild the state from an empty one by replaying the whole log; return its tensors.
+
+        The live state is left as it is. Used to check that the log and the
+        state agree (they must be equal bit for bit).
+        """
+        with self._mutex:
+            self._check_open()
+            saved = (self.facts_state, self.passages_state, self.tokens_streamed, self.last_write_id)
+            try:
+                self._new_partitions()
+                self._replay(after=0)
+                return {name: t.clone() for name, t in self.state_tensors().items()}
+            finally:
+                self.facts_state, self.passages_state, self.tokens_streamed, self.last_write_id = saved
+
     def save(self) -> None:
         """Checkpoint the state to its file atomically.
 
@@ -311,18 +338,22 @@ class Memory:
             partition.add_key(features)
         key = partition.key(features)
         if key is not None:
-            if row.live_after is not None:
-                value = item_codes([row.live_after], partition.value_dim, FACT_SALT)[0]  # (Dv,)
-                self.tokens_streamed += len(content_words(row.subject or "")) + len((row.value or "").split())
+            if row.live_after is None:
+                partition.erase(key)
             else:
-                value = torch.zeros(partition.value_dim)  # (Dv,)
-            partition.write(key, value)
+                value = item_codes([row.live_after], partition.value_dim, FACT_SALT)[0]  # (Dv,)
+                previous = None
+                if self.config.write_rule == "delta":
+                    previous = partition.read(key).float()  # (Dv,)
+                elif row.supersedes is not None:
+                    previous = item_codes([row.supersedes], partition.value_dim, FACT_SALT)[0]  # (Dv,)
+                partition.write(key, value, previous)
+                self.tokens_streamed += len(content_words(row.subject or "")) + len((row.value or "").split())
         if row.supersedes is not None and row.live_after is None:
             partition.remove_key(features)
 
     def _apply_passages(self, row: WriteRecord) -> None:
         partition = self.passages_state
-        zero = torch.zeros(partition.value_dim)  # (Dv,)
         removed = self.db.conn.execute(
             "SELECT id, text FROM passages WHERE removed_by = ? ORDER BY id", (row.write_id,)
         ).fetchall()
@@ -330,7 +361,7 @@ class Memory:
             features = partition.features(text)
             key = partition.key(features)
             if key is not None:
-                partition.write(key, zero)
+                partition.erase(key)
                 partition.remove_key(features)
         added = self.db.conn.execute(
             "SELECT id, text FROM passages WHERE added_by = ? ORDER BY id", (row.write_id,)
@@ -342,7 +373,7 @@ class Memory:
             partition.add_key(features)
             key = partition.key(features)
             value = item_codes([passage_id], partition.value_dim, PASSAGE_SALT)[0]  # (Dv,)
-            partition.write(key, value)
+            partition.write(key, value, None)
             self.tokens_streamed += len(text.split())
 
     # Facts ----------------------------------------------------------------------

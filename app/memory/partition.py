@@ -1,20 +1,29 @@
 """One constant-size delta-rule memory: a key-value matrix and its IDF counts.
 
-The matrix `S` has shape (key_dim, value_dim). A write of value `v` under
-a unit key `k` is the delta rule with strength 1:
+The matrix `S` has shape (key_dim, value_dim). Every write is a delta-rule
+update under a unit key `k`, S <- S + k (v - v_hat)^T, with one of two
+estimates `v_hat` of what `k` holds now:
 
-    S <- S + k (v - S^T k)^T
+- `erase` (forget): v = 0 and v_hat = S^T k, the plain delta rule, so
+  afterwards S^T k == 0 exactly. Everything the key read is removed, the
+  crosstalk of similar items included, so a question about a forgotten
+  subject reads almost nothing and is answered "unknown".
+- `write` (teach, overwrite, passage): v_hat is S^T k cleaned up against the
+  code of the value the key held before (known from the log): its
+  projection on that code, or zero for a new key. The old association is
+  replaced, but the crosstalk that `k` shares with other items' keys is left
+  alone. The plain delta rule would subtract that crosstalk as well, which
+  moves every shared feature (a person's name, a template word) over to the
+  newest item: on the evaluation facts that drops top-1 recall from 0.96 to
+  0.87 (see docs/memory.md).
 
-after which `S^T k == v` exactly: the old association under `k` is replaced,
-not added to. A forget writes the zero vector the same way, an overwrite
-writes the new code. Keys are sparse (a few hundred of `key_dim` slots), so a
-write touches only those rows and costs O(nnz * value_dim).
-
-Key weights are feature weights times an IDF factor, log((N + 1) / (df + 0.5)),
-where `df` counts, per slot, the live keys that use it and N the live keys.
-Both counts live in the state, so the state stays the same size however many
-items are written. A query slot that no live key uses (df == 0) gets weight
-zero, because its rows hold nothing but hash collisions.
+Keys are sparse (a few hundred of `key_dim` slots), so a write touches only
+those rows and costs O(nnz * value_dim). Key weights are feature weights times
+an IDF factor, log((N + 1) / (df + 0.5)), where `df` counts, per slot, the
+live keys that use it and N the live keys. Both counts live in the state, so
+the state stays the same size however many items are written. A query slot
+that no live key uses (df == 0) gets weight zero, because its rows hold
+nothing but hash collisions.
 """
 
 from __future__ import annotations
@@ -117,9 +126,26 @@ class DeltaRulePartition:
         return (weight[:, None] * rows).sum(dim=0)  # (V,)
 
     @torch.no_grad()
-    def write(self, key: tuple[torch.Tensor, torch.Tensor], value: torch.Tensor) -> None:
-        """Store `value` (shape (value_dim,)) under the unit `key` with the delta rule."""
+    def erase(self, key: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Write the zero vector under the unit `key` with the plain delta rule."""
         index, weight = key
         rows = self.matrix[index].double()  # (n, V)
-        error = value.double() - (weight[:, None] * rows).sum(dim=0)  # (V,)
+        readout = (weight[:, None] * rows).sum(dim=0)  # (V,)
+        self.matrix[index] = (rows - weight[:, None] * readout[None, :]).float()  # (n, V)
+
+    @torch.no_grad()
+    def write(self, key: tuple[torch.Tensor, torch.Tensor], value: torch.Tensor, previous: torch.Tensor | None) -> None:
+        """Store `value` (shape (value_dim,)) under the unit `key`, replacing the code `previous`.
+
+        Args:
+            previous: the code stored under this key before (shape
+                (value_dim,)), or None for a key that holds nothing yet.
+        """
+        index, weight = key
+        rows = self.matrix[index].double()  # (n, V)
+        error = value.double()  # (V,)
+        if previous is not None and bool(previous.any()):
+            previous = previous.double()  # (V,)
+            readout = (weight[:, None] * rows).sum(dim=0)  # (V,)
+            error = error - (readout @ previous / (previous @ previous)) * previous
         self.matrix[index] = (rows + weight[:, None] * error[None, :]).float()  # (n, V)

@@ -1,0 +1,229 @@
+"""Benchmark the memory engine's recall, forgetting, size and latency.
+
+Runs the real engine (SQLite log, state checkpoints) on the evaluation facts
+in file order: teach every fact, then the overwrite chains, then the forgets.
+Every recall number is read from the constant-size state; exact
+nearest-neighbour search over the same keys (`app.memory.recall.ExactIndex`)
+is reported beside it. Then it measures the state and state-file size after
+10 and after `--scale` writes, and write and recall latency at 1K and at
+`--scale` stored facts.
+
+Example:
+    .venv/bin/python bench/bench_memory.py --out bench/results/memory.json
+    .venv/bin/python bench/bench_memory.py --write-rule delta --skip-scale
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from app import paths  # noqa: E402
+from app.memory import Memory, MemoryConfig, normalize_subject  # noqa: E402
+from app.memory.recall import ExactIndex  # noqa: E402
+
+logger = logging.getLogger("bench_memory")
+
+FIRST_NAMES = ["Ada", "Bo", "Cyd", "Dev", "Eun", "Fay", "Gus", "Hal", "Ira", "Jun", "Kai", "Lou", "Mo", "Ned"]
+PLACES = ["harbour", "depot", "annex", "loft", "yard", "vault", "kiosk", "attic", "garage", "shed"]
+
+
+def load_rows(path: Path) -> list[dict]:
+    """Read the evaluation JSONL file; each row is a fact, an overwrite chain or a forget."""
+    if not path.is_file():
+        raise SystemExit(f"error: evaluation file {path} not found; set HYDRA_EVAL_DIR or pass --facts")
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def apply_rows(memory: Memory, rows: list[dict]) -> dict[str, list[float]]:
+    """Teach, overwrite and forget in file order; return the latency of each operation kind in seconds."""
+    latency: dict[str, list[float]] = {"teach": [], "overwrite": [], "forget": []}
+    for row in rows:
+        if row["kind"] == "fact":
+            start = time.perf_counter()
+            memory.teach(row["subject"], row["value"], source="bench")
+            latency["teach"].append(time.perf_counter() - start)
+        elif row["kind"] == "overwrite":
+            for value in row["values"]:
+                start = time.perf_counter()
+                memory.teach(row["subject"], value, source="bench")
+                latency["overwrite"].append(time.perf_counter() - start)
+        elif row["kind"] == "forget":
+            start = time.perf_counter()
+            memory.forget(row["subject"], source="bench")
+            latency["forget"].append(time.perf_counter() - start)
+        else:
+            raise SystemExit(f"error: unknown row kind {row['kind']!r} in the evaluation file")
+    return latency
+
+
+def evaluate(memory: Memory, rows: list[dict]) -> dict:
+    """Score every question of every subject once, from the state and with exact search."""
+    facts = memory.facts()
+    live = {normalize_subject(f.subject): f for f in facts}
+    exact = ExactIndex(
+        memory.facts_state, [normalize_subject(f.subject) for f in facts], [f.write_id for f in facts]
+    )
+    threshold = memory.config.fact_threshold
+
+    # The last row of a subject says what it should be at the end.
+    final: dict[str, dict] = {}
+    for row in rows:
+        final[normalize_subject(row["subject"])] = row
+
+    counts = dict(questions=0, top1=0, exact_top1=0, cleared=0, overwrite_questions=0, newest=0,
+                  forget_questions=0, unknown=0, exact_top5=0, top5=0)
+    failures = []
+    for subject, row in final.items():
+        for question in row["questions"]:
+            recall = memory.recall(question, k=5)
+            if row["kind"] == "forget":
+                counts["forget_questions"] += 1
+                counts["unknown"] += not recall.known
+                continue
+            target = live[subject]
+            counts["questions"] += 1
+            top = recall.items[0] if recall.items else None
+            hit = top is not None and top.kind == "fact" and top.item_id == target.write_id
+            counts["top1"] += hit
+            counts["top5"] += any(i.kind == "fact" and i.item_id == target.write_id for i in recall.items)
+            counts["cleared"] += any(
+                i.kind == "fact" and i.item_id == target.write_id and i.score >= threshold for i in recall.items
+            )
+            ranked = exact.search(question, k=5)
+            counts["exact_top1"] += bool(ranked) and ranked[0][0] == target.write_id
+            counts["exact_top5"] += any(item_id == target.write_id for item_id, _ in ranked)
+            if row["kind"] == "overwrite":
+                counts["overwrite_questions"] += 1
+                counts["newest"] += top is not None and top.value == row["expected"]
+            if not hit and len(failures) < 20:
+                failures.append({"question": question, "expected": target.subject,
+                                 "got": top.subject if top else None, "score": top.score if top else None})
+    n = counts["questions"]
+    return {
+        "questions": n,
+        "top1_state": counts["top1"] / n,
+        "top1_exact": counts["exact_top1"] / n,
+        "top5_state": counts["top5"] / n,
+        "top5_exact": counts["exact_top5"] / n,
+        "newest_after_overwrite": counts["newest"] / max(counts["overwrite_questions"], 1),
+        "overwrite_questions": counts["overwrite_questions"],
+        "forgotten_unknown": counts["unknown"] / max(counts["forget_questions"], 1),
+        "forget_questions": counts["forget_questions"],
+        "taught_clear_threshold": counts["cleared"] / n,
+        "threshold": threshold,
+        "failures": failures,
+    }
+
+
+def synthetic_fact(i: int) -> tuple[str, str]:
+    """Return a distinct filler fact for the scale runs."""
+    name = f"{FIRST_NAMES[i % len(FIRST_NAMES)]} {i}"
+    place = PLACES[(i // len(FIRST_NAMES)) % len(PLACES)]
+    return f"shelf of {name} in the {place}", f"S-{i:05d}"
+
+
+def measure_scale(config: MemoryConfig, scale: int) -> dict:
+    """Write `scale` facts; report sizes after 10 and after `scale` writes and latency at 1K and `scale`."""
+    marks = sorted({10, 1000, scale})
+    out: dict = {"sizes": {}, "latency": {}}
+    with tempfile.TemporaryDirectory() as tmp, Memory.open(Path(tmp) / "mem", config=config) as memory:
+        written = 0
+        for mark in marks:
+            while written < mark:
+                memory.teach(*synthetic_fact(written), source="bench")
+                written += 1
+            memory.save()
+            stats = memory.stats()
+            out["sizes"][mark] = {"state_bytes": stats.state_bytes, "state_file_bytes": stats.state_file_bytes}
+            if mark < 1000:
+                continue
+            # Latency at this size: 100 overwrites of existing facts and 100 recalls.
+            writes, reads = [], []
+            for j in range(100):
+                subject, _ = synthetic_fact((j * 37) % mark)
+                start = time.perf_counter()
+                memory.teach(subject, f"T-{j}", source="bench")
+                writes.append(time.perf_counter() - start)
+                name = subject.split(" of ")[1].split(" in the ")[0]
+                place = subject.rsplit(" ", 1)[1]
+                start = time.perf_counter()
+                memory.recall(f"Where is the shelf of {name} in the {place}?", k=5)
+                reads.append(time.perf_counter() - start)
+            out["latency"][mark] = {
+                "write_ms_median": 1000 * statistics.median(writes),
+                "write_ms_p90": 1000 * sorted(writes)[89],
+                "recall_ms_median": 1000 * statistics.median(reads),
+                "recall_ms_p90": 1000 * sorted(reads)[89],
+            }
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--facts", type=Path, default=None, help="evaluation JSONL (default: facts_dev.jsonl in the eval folder)")
+    parser.add_argument("--scale", type=int, default=10_000, help="facts written for the size and latency runs")
+    parser.add_argument("--skip-scale", action="store_true", help="run only the recall evaluation")
+    parser.add_argument("--write-rule", choices=["cleanup", "delta"], default="cleanup", help="state write rule to measure")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON to this file")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
+
+    config = MemoryConfig(write_rule=args.write_rule)
+    facts_path = args.facts or paths.eval_dir() / "facts_dev.jsonl"
+    rows = load_rows(facts_path)
+    results: dict = {
+        "facts_file": str(facts_path),
+        "config": config.metadata(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} thread(s)",
+    }
+
+    with tempfile.TemporaryDirectory() as tmp, Memory.open(Path(tmp) / "mem", config=config) as memory:
+        start = time.perf_counter()
+        latency = apply_rows(memory, rows)
+        results["write_seconds"] = time.perf_counter() - start
+        results["writes"] = sum(len(v) for v in latency.values())
+        results["write_ms_median"] = {k: 1000 * statistics.median(v) for k, v in latency.items() if v}
+        start = time.perf_counter()
+        results["recall"] = evaluate(memory, rows)
+        results["evaluate_seconds"] = time.perf_counter() - start
+        results["state_bytes"] = memory.stats().state_bytes
+    r = results["recall"]
+    logger.info(
+        "top-1 %.3f (exact %.3f), newest after overwrite %.3f, forgotten unknown %.3f, taught clear %.3f",
+        r["top1_state"], r["top1_exact"], r["newest_after_overwrite"], r["forgotten_unknown"],
+        r["taught_clear_threshold"],
+    )
+
+    if not args.skip_scale:
+        results["scale"] = measure_scale(config, args.scale)
+        for mark, size in results["scale"]["sizes"].items():
+            logger.info("after %d writes: state %d bytes, file %d bytes", mark, size["state_bytes"], size["state_file_bytes"])
+        for mark, lat in results["scale"]["latency"].items():
+            logger.info("at %d facts: write %.1f ms, recall %.1f ms (medians)", mark, lat["write_ms_median"], lat["recall_ms_median"])
+
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+    else:
+        print(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
