@@ -8,6 +8,8 @@ crashes or hangs. Hypothesis shrinks any counterexample to a small one.
 from __future__ import annotations
 
 import codecs
+import contextlib
+import io
 import os
 import random
 import struct
@@ -434,3 +436,43 @@ HEADER_IS_NOT_AN_OBJECT = pytest.mark.xfail(
 )
 def test_state_loader_rejects_crafted_headers(tmp_path, data):
     assert_rejected_untouched(tmp_path / "state.safetensors", data)
+
+
+HOSTILE_TEXT = st.one_of(
+    st.text(max_size=60),
+    st.text(alphabet=st.characters(min_codepoint=0xDC80, max_codepoint=0xDCFF), min_size=1, max_size=4),
+    st.sampled_from(["", " ", "-", "--", "\x00", "x" * 20_000, "remember that x is y", "?"]),
+)
+
+
+def run_cli(argv: list[str]) -> tuple[int, str]:
+    """Run `hydra-chat argv` in this process with the standard streams' real encodings.
+
+    stdout is strict UTF-8 and stderr escapes what it cannot encode, as in a
+    terminal, which pytest's capture (strict for both) would not reproduce.
+    """
+    from app.cli import main
+
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict")
+    err = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="backslashreplace")
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    err.flush()
+    return code, err.buffer.getvalue().decode("utf-8")
+
+
+# Each example opens the default-size memory (a 64 MiB state), so only a few run.
+@settings(max_examples=6, deadline=None)
+@given(
+    command=st.sampled_from(["teach", "forget", "undo", "facts"]),
+    values=st.lists(HOSTILE_TEXT, min_size=0, max_size=3),
+)
+def test_cli_commands_fail_with_one_line(command, values):
+    argv = [command, *values]
+    if command == "facts":
+        argv = ["facts", "--history", *values[:1]] if values else ["facts"]
+    code, err = run_cli(argv)
+    assert code in (0, 1, 2), (argv, code, err)
+    if code != 0:
+        assert ": error: " in err, (argv, code, err)
+    assert "Traceback" not in err
