@@ -205,6 +205,18 @@ def test_progress_files_bytes_rate(tmp_path):
     assert done == sorted(done)
 
 
+def test_progress_inside_a_big_file(tmp_path, monkeypatch):
+    monkeypatch.setattr("app.ingest.pipeline.PROGRESS_INTERVAL_S", 0.0)
+    (tmp_path / "big.txt").write_text("A sentence of filler text. " * 40_000)
+    updates: list[IngestProgress] = []
+    report = ingest_folder(RecordingStore(), tmp_path, progress=updates.append)
+    inside = [update for update in updates if update.files_done == 0 and update.passages > 0]
+    assert inside
+    assert all(0 < update.bytes_done <= update.bytes_total for update in inside)
+    assert [update.passages for update in inside] == sorted(update.passages for update in inside)
+    assert updates[-1].passages == report.passages
+
+
 def test_cancel_then_rerun_completes(tmp_path, monkeypatch):
     root = tmp_path / "docs"
     root.mkdir()

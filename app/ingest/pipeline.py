@@ -147,16 +147,24 @@ def _is_under(path: str, root: str) -> bool:
 
 
 class _Progress:
-    """Throttled progress reporting with rates measured from the run's start."""
+    """Throttled progress reporting with rates measured from the run's start.
+
+    The pipeline updates `files_done`, `bytes_done`, `passages` and `current`
+    as files finish; `send` adds the part of the current file written so far.
+    """
 
     def __init__(self, callback: Callable[[IngestProgress], None] | None, files_total: int, bytes_total: int):
         self.callback = callback
         self.files_total = files_total
         self.bytes_total = bytes_total
+        self.files_done = 0
+        self.bytes_done = 0
+        self.passages = 0
+        self.current = ""
         self.started = time.monotonic()
         self.last_sent = 0.0
 
-    def send(self, report: IngestReport, files_done: int, bytes_done: int, current: str, *, force: bool = False):
+    def send(self, *, file_passages: int = 0, file_bytes: int = 0, force: bool = False) -> None:
         if self.callback is None:
             return
         now = time.monotonic()
@@ -164,35 +172,45 @@ class _Progress:
             return
         self.last_sent = now
         elapsed = max(now - self.started, 1e-9)
+        bytes_done = self.bytes_done + file_bytes
+        passages = self.passages + file_passages
         eta = None
-        if files_done >= self.files_total:
+        if self.files_done >= self.files_total:
             eta = 0.0
         elif bytes_done > 0 and elapsed > 0.05:
             eta = max(self.bytes_total - bytes_done, 0) / (bytes_done / elapsed)
         self.callback(
             IngestProgress(
-                files_done=files_done,
+                files_done=self.files_done,
                 files_total=self.files_total,
                 bytes_done=bytes_done,
                 bytes_total=self.bytes_total,
-                passages=report.passages,
-                passages_per_s=report.passages / elapsed,
+                passages=passages,
+                passages_per_s=passages / elapsed,
                 eta_s=eta,
-                current=current,
+                current=self.current,
             )
         )
 
 
 class _CountingPassages:
-    """Wrap a passage iterator and count what the memory consumed from it."""
+    """Wrap a file's passage iterator: count what the memory consumed and report progress.
 
-    def __init__(self, passages: Iterator[Passage]):
+    Inside a file, progress estimates the bytes read by the passage's
+    character offset, exact for ASCII text.
+    """
+
+    def __init__(self, passages: Iterator[Passage], tracker: _Progress, size: int):
         self._passages = passages
+        self._tracker = tracker
+        self._size = size
         self.count = 0
 
     def __iter__(self) -> Iterator[Passage]:
         for passage in self._passages:
             self.count += 1
+            if self.count % 64 == 0:
+                self._tracker.send(file_passages=self.count, file_bytes=min(passage.end, self._size))
             yield passage
 
 
@@ -242,23 +260,28 @@ def ingest_folder(
 
     seen: set[str] = set()
     bytes_done = 0
-    for files_done, entry in enumerate(entries):
+    files_done = 0
+    for entry in entries:
         if is_cancelled():
             report.cancelled = True
             break
         path = str(entry.path)
-        tracker.send(report, files_done, bytes_done, display_path(path))
+        tracker.files_done, tracker.bytes_done, tracker.passages = files_done, bytes_done, report.passages
+        tracker.current = display_path(path)
+        tracker.send()
         if not _is_utf8(path):
             # SQLite stores text as UTF-8, so such a path cannot be recorded.
             report.skipped.append((display_path(path), INVALID_NAME_REASON))
             bytes_done += entry.size
+            files_done += 1
             continue
         seen.add(path)
         if isinstance(entry, SkippedFile):
             _record_skip(memory, report, known.get(path), entry)
         else:
-            _ingest_file(memory, report, known.get(path), entry, max_chars=max_chars, pdf_timeout_s=pdf_timeout_s)
+            _ingest_file(memory, report, known.get(path), entry, tracker, max_chars=max_chars, pdf_timeout_s=pdf_timeout_s)
         bytes_done += entry.size
+        files_done += 1
 
     if not report.cancelled:
         for path in sorted(set(known) - seen):
@@ -267,7 +290,9 @@ def ingest_folder(
 
     report.seconds = time.monotonic() - started
     report.bytes_read = bytes_done
-    tracker.send(report, files_done=len(seen), bytes_done=bytes_done, current="", force=True)
+    tracker.files_done, tracker.bytes_done, tracker.passages = files_done, bytes_done, report.passages
+    tracker.current = ""
+    tracker.send(force=True)
     logger.info("%s", report.summary())
     return report
 
@@ -291,6 +316,7 @@ def _ingest_file(
     report: IngestReport,
     previous: Any,
     entry: FileEntry,
+    tracker: _Progress,
     *,
     max_chars: int,
     pdf_timeout_s: float,
@@ -326,7 +352,7 @@ def _ingest_file(
         _record_failure(memory, report, entry, scan, reason, STATUS_SKIPPED)
         return
 
-    counted = _CountingPassages(_chain(first, passages))
+    counted = _CountingPassages(_chain(first, passages), tracker, entry.size)
     try:
         written = memory.add_document(path, scan.sha256, scan.size, entry.mtime, counted)
     except ExtractionError as error:
