@@ -132,3 +132,28 @@ def test_select_and_to_keep_layout(model):
     assert half.layers[0].recurrent.dtype == torch.float32
     assert half.layers[3].window_keys.dtype == torch.bfloat16
     assert half.position.dtype == torch.int64
+
+
+def test_state_keeps_its_dtype_and_size(model):
+    state = model.init_state(1, dtype=torch.bfloat16)
+    ids = torch.randint(0, model.config.vocab_size, (1, 40))
+    with torch.no_grad():
+        after = model(ids, state=state).state
+    assert after.nbytes() == state.nbytes()
+    for name, tensor in after.tensors().items():
+        assert tensor.dtype == state.tensors()[name].dtype, name
+
+
+def test_bfloat16_model_runs_and_streams():
+    torch.manual_seed(1)
+    model = HydraLM(tiny_config()).to(torch.bfloat16).eval()
+    ids = torch.randint(0, 64, (1, 50))
+    with torch.no_grad():
+        whole = model(ids)
+        state = model(ids[:, :20]).state
+        rest = model(ids[:, 20:], state=state)
+    assert whole.logits.dtype == torch.bfloat16
+    assert whole.state.layers[0].recurrent.dtype == torch.float32
+    assert whole.state.layers[3].window_keys.dtype == torch.bfloat16
+    assert whole.state.nbytes() == state_bytes(model.config, 1, torch.bfloat16)
+    assert (rest.logits[:, -1].float() - whole.logits[:, -1].float()).abs().max() < 0.1

@@ -33,6 +33,7 @@ class ShortConvolution(nn.Conv1d):
         tail = self.kernel_size[0] - 1
         if cache is None:
             cache = x.new_zeros(B, C, tail)
+        cache_dtype = cache.dtype
         cache = cache.to(x.dtype)
         weight = self.weight.to(x.dtype)
 
@@ -44,7 +45,7 @@ class ShortConvolution(nn.Conv1d):
             else:
                 y = F.conv1d(padded, weight, groups=C)  # (B, C, T)
             new_cache = padded[..., padded.shape[-1] - tail :]  # (B, C, K-1)
-            return F.silu(y).transpose(1, 2), new_cache
+            return F.silu(y).transpose(1, 2), new_cache.to(cache_dtype)
 
         # Move the real tokens of each row to the front (rank order), convolve
         # that compact sequence, then put each output back at its token.
@@ -58,4 +59,4 @@ class ShortConvolution(nn.Conv1d):
         new_cache = padded.gather(2, tail_index[:, None, :].expand(B, C, tail))  # (B, C, K-1)
         out = y.gather(2, rank.clamp(min=0)[:, None, :].expand(B, C, T))  # (B, C, T)
         out = out * mask[:, None, :].to(out.dtype)
-        return out.transpose(1, 2), new_cache
+        return out.transpose(1, 2), new_cache.to(cache_dtype)

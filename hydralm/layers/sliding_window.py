@@ -209,10 +209,11 @@ class SlidingWindowAttention(nn.Module):
         index = ring_slot[:, None, :, None].expand(B, H_kv, C, D)
         new_window_keys = torch.cat([state.window_keys.to(dtype), zero_slot], dim=2).scatter(2, index, k)
         new_window_values = torch.cat([state.window_values.to(dtype), zero_slot], dim=2).scatter(2, index, v)
+        # The cache keeps the dtype it came in, so the state size never changes.
         new_state = SWALayerState(
-            sink_keys=sink_keys,
-            sink_values=sink_values,
-            window_keys=new_window_keys[:, :, :W],
-            window_values=new_window_values[:, :, :W],
+            sink_keys=sink_keys.to(state.sink_keys.dtype),
+            sink_values=sink_values.to(state.sink_values.dtype),
+            window_keys=new_window_keys[:, :, :W].to(state.window_keys.dtype),
+            window_values=new_window_values[:, :, :W].to(state.window_values.dtype),
         )
         return output, new_state
