@@ -2,7 +2,7 @@
 
 A fact bank stores facts as key-value associations in one matrix per head,
 ``S (K, V)``, and reads them back as ``S^T k``. A write is the delta rule
-(Widrow-Hoff rule, as in DeltaNet, Yang et al. 2024, arXiv:2406.06484)::
+(the Widrow-Hoff rule that Gated DeltaNet layers also apply per token)::
 
     S <- S + beta * k (v - S^T k)^T        with k L2-normalised
 

@@ -231,8 +231,8 @@ def train_mqar(
 ) -> TrainResult:
     """Train ``model`` on fresh MQAR batches with AdamW and a cosine schedule.
 
-    Every step draws a new batch (seeded by ``seed`` and the step), so no
-    example is trained on twice (up to random repeats of the same sequence). The learning rate warms up
+    Every step draws a new batch, seeded by ``seed`` and the step, so the
+    run never cycles through a fixed training set. The learning rate warms up
     linearly for ``warmup_steps`` (default: 10% of ``steps``) and then
     decays to zero on a cosine.
 
