@@ -23,7 +23,7 @@ class CancelFlag(Protocol):
 
 @dataclass
 class SamplingSettings:
-    """How the next token is chosen.
+    """Settings for choosing the next token.
 
     Attributes:
         temperature: 0 for greedy decoding, > 0 to sample from softmax(logits / temperature).

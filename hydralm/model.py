@@ -159,9 +159,9 @@ class HydraLM(nn.Module):
         Args:
             input_ids: (B, T) integer token ids in [0, vocab_size).
             state: state from an earlier call, or None to start fresh.
-            attention_mask: (B, T) 1 at real tokens, 0 at padding; padding
-                must not change the state, so only left padding (or whole
-                rows of padding) keeps results identical to unpadded runs.
+            attention_mask: (B, T) 1 at real tokens, 0 at padding. Padded
+                tokens are skipped wherever they sit: they never change the
+                state or the positions of the real tokens.
             labels: (B, T) targets; position t predicts labels[:, t + 1];
                 -100 is ignored.
             logits_to_keep: 0 for all logits, k > 0 for the last k only

@@ -197,3 +197,20 @@ def test_all_padding_chunk_leaves_state_unchanged():
     for name, tensor in state.tensors().items():
         assert torch.equal(output.state.tensors()[name], tensor), name
     assert torch.isfinite(output.logits).all()
+
+
+def test_padding_anywhere_is_skipped():
+    config = tiny_config()
+    model = make_model(config)
+    generator = torch.Generator().manual_seed(8)
+    real = torch.randint(3, config.vocab_size, (1, 20), generator=generator)
+    mask = torch.ones(1, 29, dtype=torch.bool)
+    mask[0, [0, 1, 6, 7, 8, 15, 22, 27, 28]] = False
+    padded = torch.zeros(1, 29, dtype=torch.long)
+    padded[mask] = real[0]
+    with torch.no_grad():
+        expected = model(real)
+        actual = model(padded, attention_mask=mask.long())
+    assert (actual.logits[mask] - expected.logits[0]).abs().max() < TOLERANCE
+    for name, tensor in expected.state.tensors().items():
+        assert (actual.state.tensors()[name].float() - tensor.float()).abs().max() < TOLERANCE, name

@@ -85,10 +85,11 @@ class GatedDeltaNet(nn.Module):
 
     @torch.no_grad()
     def reset_gate_parameters(self) -> None:
-        """Initialise A_log and dt_bias as in Mamba2 / Gated DeltaNet.
+        """Initialise A_log and dt_bias as Mamba2 and Gated DeltaNet do.
 
-        A ~ U(0, 16) and dt ~ logU(1e-3, 1e-1); dt_bias is the inverse softplus
-        of dt, so the initial decay rates span short and long memories.
+        A is drawn from U(0, 16) and dt log-uniformly from [1e-3, 1e-1].
+        dt_bias is the inverse softplus of dt, so the initial decay rates span
+        short and long memories.
         """
         self.A_log.copy_(torch.empty(self.num_heads).uniform_(0, 16).clamp_min(1e-4).log())
         dt_min, dt_max = 1e-3, 1e-1

@@ -12,8 +12,8 @@ class ShortConvolution(nn.Conv1d):
 
     The streaming cache is the last `kernel_size - 1` real inputs (B, C, K-1);
     a zero cache is the start of a sequence. With a mask, padded positions
-    are skipped: each real token sees the previous real inputs, the cache
-    never takes in a pad, and the output at a pad is zero.
+    are skipped: each real token is convolved with the previous real inputs,
+    pads never enter the cache, and the output at a pad is zero.
     """
 
     def __init__(self, channels: int, kernel_size: int) -> None:

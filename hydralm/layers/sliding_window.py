@@ -2,11 +2,12 @@
 
 A query at absolute position t attends to the sink tokens 0 .. S-1 and to the
 window max(S, t-W+1) .. t. Keys are cached before rotation and rotated at
-attention time with small local positions: a window key keeps its true
-distance t - j, and sink i sits at distance min(t, S+W-1) - i, the distance
-it has when the cache first fills (StreamingLLM, Xiao et al., 2023,
-arXiv:2309.17453). For t < S + W every distance is the true one, so with
-`attention_bias=False` the layer computes exactly Llama's attention.
+attention time with small local positions. A window key keeps its true
+distance t - j. Sink i sits at distance min(t, S+W-1) - i, which is the
+distance it has when the cache first fills, as in StreamingLLM (Xiao et al.,
+"Efficient Streaming Language Models with Attention Sinks", arXiv:2309.17453).
+For t < S + W every distance is the true one, so the layer computes Llama's
+attention (with `attention_bias=False` and Llama's weights).
 """
 
 from __future__ import annotations
