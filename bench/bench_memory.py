@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from app import paths  # noqa: E402
 from app.memory import Memory, MemoryConfig, normalize_subject  # noqa: E402
 from app.memory.recall import ExactIndex  # noqa: E402
+from app.memory.semantic import prime_buckets, semantic_buckets  # noqa: E402
 
 logger = logging.getLogger("bench_memory")
 
@@ -74,8 +75,12 @@ def evaluate(memory: Memory, rows: list[dict]) -> dict:
     """Score every question of every subject once, from the state and with exact search."""
     facts = memory.facts()
     live = {normalize_subject(f.subject): f for f in facts}
+    buckets = []
+    for fact in facts:
+        stored = memory.db.conn.execute("SELECT semantic FROM writes WHERE id = ?", (fact.write_id,)).fetchone()[0]
+        buckets.append(json.loads(stored) if stored else None)
     exact = ExactIndex(
-        memory.facts_state, [normalize_subject(f.subject) for f in facts], [f.write_id for f in facts]
+        memory.facts_state, [normalize_subject(f.subject) for f in facts], [f.write_id for f in facts], buckets
     )
     threshold = memory.config.fact_threshold
 
@@ -103,7 +108,7 @@ def evaluate(memory: Memory, rows: list[dict]) -> dict:
             counts["cleared"] += any(
                 i.kind == "fact" and i.item_id == target.write_id and i.score >= threshold for i in recall.items
             )
-            ranked = exact.search(question, k=5)
+            ranked = exact.search(question, k=5, buckets=semantic_buckets(question) if memory.config.semantic else None)
             counts["exact_top1"] += bool(ranked) and ranked[0][0] == target.write_id
             counts["exact_top5"] += any(item_id == target.write_id for item_id, _ in ranked)
             if row["kind"] == "overwrite":
@@ -137,9 +142,15 @@ def synthetic_fact(i: int) -> tuple[str, str]:
 
 
 def measure_scale(config: MemoryConfig, scale: int) -> dict:
-    """Write `scale` facts; report sizes after 10 and after `scale` writes and latency at 1K and `scale`."""
+    """Write `scale` facts; report sizes after 10 and after `scale` writes and latency at 1K and `scale`.
+
+    The filler subjects are encoded in batches up front. The latency probes
+    teach new subjects and ask new questions, so they include the encoder.
+    """
     marks = sorted({10, 1000, scale})
     out: dict = {"sizes": {}, "latency": {}}
+    if config.semantic:
+        prime_buckets([normalize_subject(synthetic_fact(i)[0]) for i in range(scale)])
     with tempfile.TemporaryDirectory() as tmp, Memory.open(Path(tmp) / "mem", config=config) as memory:
         written = 0
         for mark in marks:
@@ -151,15 +162,18 @@ def measure_scale(config: MemoryConfig, scale: int) -> dict:
             out["sizes"][mark] = {"state_bytes": stats.state_bytes, "state_file_bytes": stats.state_file_bytes}
             if mark < 1000:
                 continue
-            # Latency at this size: 100 overwrites of existing facts and 100 recalls.
+            # Latency at this size: teach 100 new facts, then forget them again so
+            # the size stays `mark`, and ask 100 questions about stored facts.
             writes, reads = [], []
             for j in range(100):
-                subject, _ = synthetic_fact((j * 37) % mark)
+                subject, value = synthetic_fact(10 * scale + mark + j)
                 start = time.perf_counter()
-                memory.teach(subject, f"T-{j}", source="bench")
+                memory.teach(subject, value, source="bench")
                 writes.append(time.perf_counter() - start)
-                name = subject.split(" of ")[1].split(" in the ")[0]
-                place = subject.rsplit(" ", 1)[1]
+                memory.forget(subject, source="bench")
+                stored, _ = synthetic_fact((j * 37) % mark)
+                name = stored.split(" of ")[1].split(" in the ")[0]
+                place = stored.rsplit(" ", 1)[1]
                 start = time.perf_counter()
                 memory.recall(f"Where is the shelf of {name} in the {place}?", k=5)
                 reads.append(time.perf_counter() - start)
@@ -172,19 +186,98 @@ def measure_scale(config: MemoryConfig, scale: int) -> dict:
     return out
 
 
+# Questions about Debian's python3.11-doc HTML manual, with the page that answers each.
+DOC_QUESTIONS = [
+    ("How do I get the current working directory?", "library/os.html"),
+    ("How do I read rows from a CSV file?", "library/csv.html"),
+    ("How do I serialize a Python object to a JSON formatted string?", "library/json.html"),
+    ("Which function replaces occurrences of a regular expression pattern in a string?", "library/re.html"),
+    ("How do I get the file name suffix of a path object?", "library/pathlib.html"),
+    ("How do I format a datetime as a string with strftime?", "library/datetime.html"),
+    ("Which dict subclass counts hashable objects?", "library/collections.html"),
+    ("How do I build the cartesian product of input iterables?", "library/itertools.html"),
+    ("How do I cache the results of a function with an LRU cache?", "library/functools.html"),
+    ("How do I run a command and capture its output?", "library/subprocess.html"),
+    ("How do I copy a whole directory tree recursively?", "library/shutil.html"),
+    ("How do I pick a random element from a non-empty sequence?", "library/random.html"),
+    ("Which function returns the greatest common divisor of integers?", "library/math.html"),
+    ("How do I compute the median of numeric data?", "library/statistics.html"),
+    ("How do I wrap a paragraph of text to a given width?", "library/textwrap.html"),
+    ("How do I add an optional command-line argument to a parser?", "library/argparse.html"),
+    ("How do I send log messages to a file with a handler?", "library/logging.handlers.html"),
+    ("How do I execute an SQL statement on a SQLite database connection?", "library/sqlite3.html"),
+    ("How do I compute the SHA-256 digest of some bytes?", "library/hashlib.html"),
+    ("How do I suspend execution for a number of seconds?", "library/time.html"),
+    ("How do I create a temporary directory that is removed automatically?", "library/tempfile.html"),
+    ("How do I find path names matching a wildcard pattern?", "library/glob.html"),
+    ("How do I extract all members of a ZIP archive?", "library/zipfile.html"),
+    ("How do I push an item onto a heap while keeping the heap invariant?", "library/heapq.html"),
+    ("How do I find the insertion point for a value in a sorted list?", "library/bisect.html"),
+    ("How do I check that two values are equal in a unit test?", "library/unittest.html"),
+    ("How do I start a new thread of control?", "library/threading.html"),
+    ("How do I compress data in gzip format?", "library/gzip.html"),
+    ("How do I split a URL into its components?", "library/urllib.parse.html"),
+    ("How do I pretty-print a nested data structure?", "library/pprint.html"),
+]
+
+
+def measure_documents(config: MemoryConfig, folder: Path) -> dict:
+    """Ingest `folder` into a fresh memory; report throughput and recall@5 (state and exact) on DOC_QUESTIONS."""
+    with tempfile.TemporaryDirectory() as tmp, Memory.open(Path(tmp) / "mem", config=config) as memory:
+        cpu_start = time.process_time()
+        start = time.perf_counter()
+        report = memory.ingest(folder)
+        seconds = time.perf_counter() - start
+        cpu_seconds = time.process_time() - cpu_start
+        rows = memory.db.conn.execute("SELECT id, path, text FROM passages WHERE removed_by IS NULL").fetchall()
+        exact = ExactIndex(memory.passages_state, [r[2] for r in rows], [r[0] for r in rows])
+        path_of = {r[0]: r[1] for r in rows}
+        hits = exact_hits = 0
+        per_question = []
+        for question, page in DOC_QUESTIONS:
+            expected = str(folder / page)
+            recall = memory.recall(question, k=5)
+            found = any(item.kind == "passage" and item.origin.rsplit(":", 1)[0] == expected for item in recall.items)
+            exact_found = any(path_of[i] == expected for i, _ in exact.search(question, k=5))
+            hits += found
+            exact_hits += exact_found
+            per_question.append({"question": question, "page": page, "state": found, "exact": exact_found})
+        stats = memory.stats()
+    return {
+        "folder": str(folder),
+        "files": len(report.added),
+        "skipped": len(report.skipped),
+        "failed": len(report.failed),
+        "passages": report.passages,
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "passages_per_s": report.passages / seconds,
+        "passages_per_cpu_s": report.passages / cpu_seconds,
+        "recall_at_5_state": hits / len(DOC_QUESTIONS),
+        "recall_at_5_exact": exact_hits / len(DOC_QUESTIONS),
+        "state_bytes": stats.state_bytes,
+        "questions": per_question,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--facts", type=Path, default=None, help="evaluation JSONL (default: facts_dev.jsonl in the eval folder)")
     parser.add_argument("--scale", type=int, default=10_000, help="facts written for the size and latency runs")
-    parser.add_argument("--skip-scale", action="store_true", help="run only the recall evaluation")
+    parser.add_argument("--skip-scale", action="store_true", help="skip the size and latency runs")
+    parser.add_argument("--skip-facts", action="store_true", help="skip the evaluation facts")
+    parser.add_argument("--docs", type=Path, default=None,
+                        help="ingest this folder and ask the Python-manual questions (e.g. /usr/share/doc/python3.11/html)")
     parser.add_argument("--write-rule", choices=["cleanup", "delta"], default="cleanup", help="state write rule to measure")
+    parser.add_argument("--lexical-only", action="store_true", help="leave the MiniLM buckets out of fact keys")
+    parser.add_argument("--refine-top", type=int, default=32, help="candidates re-scored by least squares (0: off)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON to this file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
 
-    config = MemoryConfig(write_rule=args.write_rule)
+    config = MemoryConfig(write_rule=args.write_rule, semantic=not args.lexical_only, refine_top=args.refine_top)
     facts_path = args.facts or paths.eval_dir() / "facts_dev.jsonl"
     rows = load_rows(facts_path)
     results: dict = {
@@ -193,22 +286,33 @@ def main() -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} thread(s)",
     }
 
-    with tempfile.TemporaryDirectory() as tmp, Memory.open(Path(tmp) / "mem", config=config) as memory:
+    if config.semantic and not args.skip_facts:
+        # Encode every subject and question in batches first; the timed writes
+        # and recalls then read the encoder's output from the cache.
         start = time.perf_counter()
-        latency = apply_rows(memory, rows)
-        results["write_seconds"] = time.perf_counter() - start
-        results["writes"] = sum(len(v) for v in latency.values())
-        results["write_ms_median"] = {k: 1000 * statistics.median(v) for k, v in latency.items() if v}
-        start = time.perf_counter()
-        results["recall"] = evaluate(memory, rows)
-        results["evaluate_seconds"] = time.perf_counter() - start
-        results["state_bytes"] = memory.stats().state_bytes
-    r = results["recall"]
-    logger.info(
-        "top-1 %.3f (exact %.3f), newest after overwrite %.3f, forgotten unknown %.3f, taught clear %.3f",
-        r["top1_state"], r["top1_exact"], r["newest_after_overwrite"], r["forgotten_unknown"],
-        r["taught_clear_threshold"],
-    )
+        texts = [normalize_subject(row["subject"]) for row in rows]
+        texts += [q for row in rows for q in row["questions"]]
+        prime_buckets(texts)
+        results["encode_seconds"] = time.perf_counter() - start
+        results["encoded_texts"] = len(set(texts))
+
+    if not args.skip_facts:
+        with tempfile.TemporaryDirectory() as tmp, Memory.open(Path(tmp) / "mem", config=config) as memory:
+            start = time.perf_counter()
+            latency = apply_rows(memory, rows)
+            results["write_seconds"] = time.perf_counter() - start
+            results["writes"] = sum(len(v) for v in latency.values())
+            results["write_ms_median"] = {k: 1000 * statistics.median(v) for k, v in latency.items() if v}
+            start = time.perf_counter()
+            results["recall"] = evaluate(memory, rows)
+            results["evaluate_seconds"] = time.perf_counter() - start
+            results["state_bytes"] = memory.stats().state_bytes
+        r = results["recall"]
+        logger.info(
+            "top-1 %.3f (exact %.3f), newest after overwrite %.3f, forgotten unknown %.3f, taught clear %.3f",
+            r["top1_state"], r["top1_exact"], r["newest_after_overwrite"], r["forgotten_unknown"],
+            r["taught_clear_threshold"],
+        )
 
     if not args.skip_scale:
         results["scale"] = measure_scale(config, args.scale)
@@ -216,6 +320,14 @@ def main() -> int:
             logger.info("after %d writes: state %d bytes, file %d bytes", mark, size["state_bytes"], size["state_file_bytes"])
         for mark, lat in results["scale"]["latency"].items():
             logger.info("at %d facts: write %.1f ms, recall %.1f ms (medians)", mark, lat["write_ms_median"], lat["recall_ms_median"])
+
+    if args.docs:
+        results["documents"] = measure_documents(config, args.docs.resolve())
+        d = results["documents"]
+        logger.info(
+            "documents: %d passages, %.1f passages/s (%.1f per CPU second), recall@5 %.2f (exact %.2f)",
+            d["passages"], d["passages_per_s"], d["passages_per_cpu_s"], d["recall_at_5_state"], d["recall_at_5_exact"],
+        )
 
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

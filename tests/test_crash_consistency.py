@@ -31,7 +31,8 @@ import torch
 from app.memory import Memory, MemoryConfig, UndoError, UnknownSubjectError
 
 CONFIG = MemoryConfig(
-    fact_key_dim=1 << 11, fact_value_dim=32, passage_key_dim=1 << 11, passage_value_dim=32, checkpoint_every=5
+    fact_key_dim=1 << 11, fact_value_dim=32, passage_key_dim=1 << 11, passage_value_dim=32, checkpoint_every=5,
+    semantic=False,
 )
 KILLS_PER_KIND = int(os.environ.get("HYDRA_CRASH_KILLS", "25"))
 SUBJECTS = [f"door code of shed {i}" for i in range(12)]

@@ -8,7 +8,7 @@ import pytest
 
 from app.memory import ArchiveError, Memory, MemoryConfig
 
-SMALL = MemoryConfig(fact_key_dim=1 << 10, fact_value_dim=32, passage_key_dim=1 << 10, passage_value_dim=32)
+SMALL = MemoryConfig(fact_key_dim=1 << 10, fact_value_dim=32, passage_key_dim=1 << 10, passage_value_dim=32, semantic=False)
 
 
 def test_export_import_round_trip(tmp_path):

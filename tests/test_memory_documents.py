@@ -6,7 +6,7 @@ import pytest
 
 from app.memory import Memory, MemoryConfig
 
-SMALL = MemoryConfig(fact_key_dim=1 << 12, fact_value_dim=64, passage_key_dim=1 << 14, passage_value_dim=128)
+SMALL = MemoryConfig(fact_key_dim=1 << 12, fact_value_dim=64, passage_key_dim=1 << 14, passage_value_dim=128, semantic=False)
 
 
 class Passage:

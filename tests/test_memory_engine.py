@@ -18,7 +18,9 @@ from app.memory import (
     UnknownSubjectError,
 )
 
-SMALL = MemoryConfig(fact_key_dim=1 << 12, fact_value_dim=128, passage_key_dim=1 << 12, passage_value_dim=64)
+SMALL = MemoryConfig(
+    fact_key_dim=1 << 12, fact_value_dim=128, passage_key_dim=1 << 12, passage_value_dim=64, semantic=False
+)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 
 from app.memory import Memory, MemoryConfig, MemoryInUseError
 
-SMALL = MemoryConfig(fact_key_dim=1 << 10, fact_value_dim=32, passage_key_dim=1 << 10, passage_value_dim=32)
+SMALL = MemoryConfig(fact_key_dim=1 << 10, fact_value_dim=32, passage_key_dim=1 << 10, passage_value_dim=32, semantic=False)
 
 
 def _hold_lock(folder, ready_fd):

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from app.memory import Memory, MemoryConfig, StateFileError, StorageError
 from app.memory import state_file
 
-SMALL = MemoryConfig(fact_key_dim=1 << 10, fact_value_dim=32, passage_key_dim=1 << 10, passage_value_dim=32)
+SMALL = MemoryConfig(fact_key_dim=1 << 10, fact_value_dim=32, passage_key_dim=1 << 10, passage_value_dim=32, semantic=False)
 
 
 def sha(path) -> str:
@@ -69,7 +69,7 @@ def test_state_file_of_other_sizes_is_rejected(tmp_path):
     folder = tmp_path / "mem"
     with Memory.open(folder, config=SMALL):
         pass
-    bigger = MemoryConfig(fact_key_dim=1 << 11, fact_value_dim=32, passage_key_dim=1 << 10, passage_value_dim=32)
+    bigger = MemoryConfig(fact_key_dim=1 << 11, fact_value_dim=32, passage_key_dim=1 << 10, passage_value_dim=32, semantic=False)
     with pytest.raises(StateFileError, match="state sizes"):
         Memory.open(folder, config=bigger)
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import json
+
 import numpy as np
 import torch
 
@@ -35,6 +37,7 @@ from app.memory.errors import MemoryError_, StateFileError, StorageError, UndoEr
 from app.memory.features import FACT_WEIGHTS, PASSAGE_WEIGHTS, content_words
 from app.memory.lock import MemoryLock
 from app.memory.partition import DeltaRulePartition
+from app.memory.semantic import semantic_buckets
 from app.memory.records import (
     DocumentRecord,
     Fact,
@@ -52,6 +55,9 @@ MAX_SUBJECT_CHARS = 500
 MAX_VALUE_CHARS = 10_000
 MAX_SOURCE_CHARS = 100
 FACT_OPS = ("teach", "forget", "undo")
+# Ridge of the least-squares re-scoring, in units of a code's squared norm
+# divided by value_dim; small, it only keeps the solve well-posed.
+REFINE_RIDGE = 10.0
 
 
 @dataclass(frozen=True)
@@ -66,17 +72,23 @@ class MemoryConfig:
     fact_key_dim: int = 1 << 15
     fact_value_dim: int = 256
     passage_key_dim: int = 1 << 15
-    passage_value_dim: int = 256
+    passage_value_dim: int = 240
     fact_threshold: float = 0.35
     passage_threshold: float = 0.15
     checkpoint_every: int = 2000
     # "cleanup" (the default, see partition.py) or "delta", the plain delta
     # rule for every write, kept to measure the difference.
     write_rule: str = "cleanup"
+    # Add MiniLM LSH buckets (semantic.py) to fact keys.
+    semantic: bool = True
+    # Clean-up re-scores this many best candidates by least squares (0: off).
+    refine_top: int = 32
 
     def __post_init__(self) -> None:
         if self.write_rule not in ("cleanup", "delta"):
             raise ValueError(f"write_rule must be 'cleanup' or 'delta', got {self.write_rule!r}")
+        if self.refine_top < 0:
+            raise ValueError(f"refine_top must be 0 or more, got {self.refine_top}")
         for name in ("fact_key_dim", "fact_value_dim", "passage_key_dim", "passage_value_dim", "checkpoint_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -89,6 +101,7 @@ class MemoryConfig:
             "passage_key_dim": str(self.passage_key_dim),
             "passage_value_dim": str(self.passage_value_dim),
             "write_rule": self.write_rule,
+            "semantic": str(self.semantic),
         }
 
 
@@ -333,7 +346,9 @@ class Memory:
 
     def _apply_fact(self, row: WriteRecord) -> None:
         partition = self.facts_state
-        features = partition.features(normalize_subject(row.subject or ""))
+        stored = self.db.conn.execute("SELECT semantic FROM writes WHERE id = ?", (row.write_id,)).fetchone()[0]
+        buckets = json.loads(stored) if stored else None
+        features = partition.features(normalize_subject(row.subject or ""), buckets)
         if row.supersedes is None and row.live_after is not None:
             partition.add_key(features)
         key = partition.key(features)
@@ -392,11 +407,12 @@ class Memory:
         itself live, and a forget leaves nothing live.
         """
         subject_key = normalize_subject(subject)
+        buckets = self._subject_buckets(subject_key)
         with store.transaction(self.db, f"write {op} of {subject!r} to") as conn:
             cursor = conn.execute(
-                "INSERT INTO writes (op, subject, subject_key, value, source, created_at, supersedes, undoes) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (op, subject, subject_key, value, source, store.utc_now(), supersedes, undoes),
+                "INSERT INTO writes (op, subject, subject_key, value, source, created_at, supersedes, undoes, semantic) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (op, subject, subject_key, value, source, store.utc_now(), supersedes, undoes, buckets),
             )
             write_id = cursor.lastrowid
             live_after = write_id if op == "teach" else restore
@@ -418,6 +434,21 @@ class Memory:
         self._after_write(1)
         logger.debug("logged write %d: %s %r", write_id, op, subject)
         return record
+
+    def _subject_buckets(self, subject_key: str) -> str | None:
+        """Return the semantic buckets (JSON) of a subject, reusing those its earlier writes logged.
+
+        Reuse keeps every write of one subject under exactly the same key.
+        """
+        if not self.config.semantic:
+            return None
+        row = self.db.conn.execute(
+            "SELECT semantic FROM writes WHERE subject_key = ? AND semantic IS NOT NULL ORDER BY id DESC LIMIT 1",
+            (subject_key,),
+        ).fetchone()
+        if row:
+            return row[0]
+        return json.dumps(semantic_buckets(subject_key))
 
     def teach(self, subject: str, value: str, source: str = "cli") -> WriteRecord:
         """Store `value` for `subject`; a subject taught before is overwritten.
@@ -529,17 +560,31 @@ class Memory:
     # Recall ---------------------------------------------------------------------
 
     def _decode(
-        self, partition: DeltaRulePartition, live: _LiveItems, question: str, k: int
+        self, partition: DeltaRulePartition, live: _LiveItems, question: str, k: int, buckets: list[int] | None
     ) -> list[tuple[int, float]]:
-        """Read the state under the question's key and clean up against the live codes."""
+        """Read the state under the question's key and clean up against the live codes.
+
+        The clean-up score of item i is c_i . r / value_dim, which is about
+        the similarity of the question's key to item i's key plus crosstalk
+        from the codes of the other items. The `refine_top` best candidates
+        are then re-scored together by least squares (r ~ sum_j a_j c_j over
+        them), which removes their crosstalk on each other.
+        """
         if not live.ids:
             return []
-        key = partition.key(partition.features(question))
+        key = partition.key(partition.features(question, buckets))
         if key is None:
             return []
-        readout = partition.read(key).float()  # (Dv,)
+        readout = partition.read(key)  # (Dv,) float64
         ids, codes = live.codes()  # (N,), (N, Dv)
-        scores = codes @ readout / partition.value_dim  # (N,)
+        scores = (codes.double() @ readout / partition.value_dim)  # (N,)
+        m = min(self.config.refine_top, len(ids))
+        if m > 1:
+            top = torch.topk(scores, m).indices  # (m,)
+            candidates = codes[top].double()  # (m, Dv)
+            gram = candidates @ candidates.T + REFINE_RIDGE * torch.eye(m, dtype=torch.float64)  # (m, m)
+            scores = scores.clone()
+            scores[top] = torch.linalg.solve(gram, candidates @ readout) * (1.0 + REFINE_RIDGE / partition.value_dim)
         top = torch.topk(scores, min(k, len(ids)))
         return [(int(ids[i]), float(s)) for s, i in zip(top.values, top.indices)]
 
@@ -554,10 +599,11 @@ class Memory:
             raise ValueError(f"k must be positive, got {k}")
         with self._mutex:
             self._check_open()
-            items = [self._fact_item(i, s) for i, s in self._decode(self.facts_state, self.facts_live, question, k)]
-            items += [
-                self._passage_item(i, s) for i, s in self._decode(self.passages_state, self.passages_live, question, k)
-            ]
+            buckets = semantic_buckets(question) if self.config.semantic and self.facts_live.ids else None
+            facts = self._decode(self.facts_state, self.facts_live, question, k, buckets)
+            passages = self._decode(self.passages_state, self.passages_live, question, k, None)
+            items = [self._fact_item(i, s) for i, s in facts]
+            items += [self._passage_item(i, s) for i, s in passages]
         items.sort(key=lambda item: item.score, reverse=True)
         items = items[:k]
         known = any(

@@ -16,6 +16,7 @@ factor kept in the state (see `partition.py`) and normalises the key.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ class FeatureWeights:
     bigram: float = 1.0
     pair: float = 1.0
     char: float = 0.1
+    semantic: float = 2.0
     pair_window: int = 8
     char_min: int = 3
     char_max: int = 5
@@ -62,9 +64,22 @@ def content_words(text: str) -> list[str]:
     return [w for w in tokenize(text) if w not in STOP_WORDS]
 
 
+@functools.lru_cache(maxsize=1 << 18)
 def _hash(kind: str, feature: str) -> int:
     digest = hashlib.blake2b(f"{kind}\x1f{feature}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "little")
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _word_hashes(word: str, weights: FeatureWeights) -> tuple[tuple[int, float], ...]:
+    """Return the (hash, weight) pairs of a word's own feature and its character n-grams."""
+    out = [(_hash("w", word), weights.word)]
+    if weights.char > 0:
+        padded = f"<{word}>"
+        for n in range(weights.char_min, weights.char_max + 1):
+            for i in range(len(padded) - n + 1):
+                out.append((_hash("c", padded[i : i + n]), weights.char))
+    return tuple(out)
 
 
 def text_features(text: str, weights: FeatureWeights = FACT_WEIGHTS) -> list[tuple[str, str, float]]:
@@ -75,12 +90,8 @@ def text_features(text: str, weights: FeatureWeights = FACT_WEIGHTS) -> list[tup
         out.append(("w", word, weights.word))
     for left, right in zip(words, words[1:]):
         out.append(("b", f"{left} {right}", weights.bigram))
-    if weights.pair > 0:
-        for i, left in enumerate(words):
-            for right in words[i + 1 : i + 1 + weights.pair_window]:
-                if left != right:
-                    a, b = sorted((left, right))
-                    out.append(("p", f"{a}+{b}", weights.pair))
+    for pair in _pairs(words, weights):
+        out.append(("p", pair, weights.pair))
     if weights.char > 0:
         for word in words:
             padded = f"<{word}>"
@@ -90,20 +101,50 @@ def text_features(text: str, weights: FeatureWeights = FACT_WEIGHTS) -> list[tup
     return out
 
 
-def hashed_features(text: str, key_dim: int, weights: FeatureWeights = FACT_WEIGHTS) -> tuple[np.ndarray, np.ndarray]:
-    """Hash the features of `text` into `key_dim` slots.
+def _pairs(words: list[str], weights: FeatureWeights) -> list[str]:
+    if weights.pair <= 0:
+        return []
+    pairs = []
+    for i, left in enumerate(words):
+        for right in words[i + 1 : i + 1 + weights.pair_window]:
+            if left != right:
+                a, b = (left, right) if left < right else (right, left)
+                pairs.append(f"{a}+{b}")
+    return pairs
+
+
+def hashed_features(
+    text: str, key_dim: int, weights: FeatureWeights = FACT_WEIGHTS, semantic_buckets: list[int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Hash the features of `text`, and the semantic LSH buckets when given, into `key_dim` slots.
+
+    The buckets (see `semantic.py`) share `weights.semantic` between them,
+    so their part of the key has the same norm whatever the table count.
 
     Returns:
         (index, value): sorted unique slot indices (int64, shape (n,)) and the
         summed signed weights in them (float64, shape (n,)); slots whose
         features cancelled exactly are dropped.
     """
+    words = content_words(text)
+    hashes: list[tuple[int, float]] = []
+    for word in words:
+        hashes.extend(_word_hashes(word, weights))
+    for left, right in zip(words, words[1:]):
+        hashes.append((_hash("b", f"{left} {right}"), weights.bigram))
+    for pair in _pairs(words, weights):
+        hashes.append((_hash("p", pair), weights.pair))
+
     slots: dict[int, float] = {}
-    for kind, feature, weight in text_features(text, weights):
-        h = _hash(kind, feature)
+    for h, weight in hashes:
         slot = h % key_dim
         sign = 1.0 if (h >> 63) & 1 else -1.0
         slots[slot] = slots.get(slot, 0.0) + sign * weight
+    if semantic_buckets:
+        weight = weights.semantic / np.sqrt(len(semantic_buckets))
+        for bucket in semantic_buckets:
+            slot = _hash("s", str(bucket)) % key_dim
+            slots[slot] = slots.get(slot, 0.0) + weight
     index = np.fromiter(sorted(slots), dtype=np.int64, count=len(slots))
     value = np.array([slots[i] for i in index], dtype=np.float64)
     keep = value != 0.0

@@ -85,8 +85,15 @@ def _initial_schema(conn: sqlite3.Connection) -> None:
     )
 
 
+def _semantic_buckets(conn: sqlite3.Connection) -> None:
+    # The semantic LSH buckets of a fact write's subject (a JSON list), so that
+    # replaying the log needs no sentence encoder and is exact.
+    conn.execute("ALTER TABLE writes ADD COLUMN semantic TEXT")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
     (1, "initial schema: writes, facts, documents, passages, turns", _initial_schema),
+    (2, "semantic buckets of fact writes", _semantic_buckets),
 ]
 
 

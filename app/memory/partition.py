@@ -83,9 +83,9 @@ class DeltaRulePartition:
 
     # Keys ---------------------------------------------------------------------
 
-    def features(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """Return the raw hashed features (index, signed weight) of `text`."""
-        return hashed_features(text, self.key_dim, self.weights)
+    def features(self, text: str, semantic_buckets: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Return the raw hashed features (index, signed weight) of `text` and its semantic buckets."""
+        return hashed_features(text, self.key_dim, self.weights, semantic_buckets)
 
     def key(self, features: tuple[np.ndarray, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Weight `features` by IDF and normalise them into a unit key.

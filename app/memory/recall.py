@@ -20,16 +20,21 @@ class ExactIndex:
         partition: supplies the features and the IDF statistics.
         texts: one text per item (a fact's subject, a passage's text).
         item_ids: the id reported for each text.
+        buckets: the semantic buckets of each text, or None for lexical keys only.
     """
 
-    def __init__(self, partition: DeltaRulePartition, texts: list[str], item_ids: list[int]):
+    def __init__(
+        self, partition: DeltaRulePartition, texts: list[str], item_ids: list[int],
+        buckets: list[list[int] | None] | None = None,
+    ):
         if len(texts) != len(item_ids):
             raise ValueError(f"got {len(texts)} texts but {len(item_ids)} item ids")
+        buckets = buckets or [None] * len(texts)
         self.partition = partition
         self.item_ids = list(item_ids)
         rows, cols, vals = [], [], []
-        for row, text in enumerate(texts):
-            key = partition.key(partition.features(text))
+        for row, (text, text_buckets) in enumerate(zip(texts, buckets)):
+            key = partition.key(partition.features(text, text_buckets))
             if key is None:
                 continue
             index, weight = key
@@ -43,12 +48,12 @@ class ExactIndex:
             indices = torch.zeros(2, 0, dtype=torch.int64)
             values = torch.zeros(0, dtype=torch.float64)
         self.keys = torch.sparse_coo_tensor(
-            indices, values, (len(texts), partition.key_dim)
-        ).coalesce().to_sparse_csr()  # (N, K)
+            indices, values, (len(texts), partition.key_dim), check_invariants=True
+        ).coalesce()  # (N, K)
 
-    def search(self, question: str, k: int = 5) -> list[tuple[int, float]]:
+    def search(self, question: str, k: int = 5, buckets: list[int] | None = None) -> list[tuple[int, float]]:
         """Return the `k` items whose keys have the largest cosine with the question's key."""
-        key = self.partition.key(self.partition.features(question))
+        key = self.partition.key(self.partition.features(question, buckets))
         if key is None or not self.item_ids:
             return []
         query = torch.zeros(self.partition.key_dim, dtype=torch.float64)  # (K,)
