@@ -338,6 +338,9 @@ def _ingest_file(
         _report_unchanged(report, previous, path)
         return
 
+    # NOTE: the file is read twice, for the hash and then for the text. A write
+    # between the two reads stores new text under the old hash, which the
+    # next run notices by the new mtime and re-reads.
     try:
         extracted = extract(entry.path, entry.format, scan, pdf_timeout_s=pdf_timeout_s)
         passages = split_passages(extracted.chunks, style=extracted.style, headings=extracted.headings, max_chars=max_chars)

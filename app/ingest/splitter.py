@@ -232,7 +232,7 @@ class _Splitter:
         return heading.level, heading.title, len(line)  # type: ignore[attr-defined]
 
     def _pieces(self, begin: int, end: int) -> list[tuple[int, int]]:
-        """Split buffer[begin:end] into pieces of at most max_chars; absolute offsets."""
+        """Split buffer[begin:end] into pieces of at most max_chars, returned as absolute offsets."""
         pieces: list[tuple[int, int]] = []
         limit = self.max_chars
         text = self.buffer

@@ -74,7 +74,7 @@ def walk_folder(
 
     Paths are absolute and keep the names under `root` as they are spelled
     there (symlinks inside the folder are not resolved, so a document keeps
-    the path the user sees). Directory symlinks are followed once: a link to a
+    the path shown in the folder). Directory symlinks are followed once: a link to a
     directory that the walk has already entered is skipped with a log line.
     Files are skipped when they are larger than `max_file_bytes`, are not
     regular files, have a format no extractor reads, or look binary from
