@@ -109,6 +109,19 @@ def test_untied_head_keeps_lm_head_name():
     assert torch.equal(model.lm_head.weight, native.lm_head.weight)
 
 
+def test_fresh_model_initialises_like_native():
+    torch.manual_seed(2)
+    hf_state = HydraLMForCausalLM(HydraLMConfig.from_hydra_config(CONFIG)).state_dict()
+    native_state = HydraLM(CONFIG).state_dict()
+
+    for name in ("model.layers.0.mixer.q_conv.weight", "model.layers.0.mixer.q_proj.weight"):
+        ratio = hf_state[name].std() / native_state[name].std()
+        assert 0.8 < ratio < 1.25, (name, ratio)
+    assert torch.equal(hf_state["model.norm.weight"], torch.ones(CONFIG.hidden_size))
+    assert hf_state["model.layers.0.mixer.A_log"].max() <= torch.log(torch.tensor(16.0))
+    assert (hf_state["model.layers.0.mixer.dt_bias"] < 0).all()  # softplus^-1 of dt <= 0.1
+
+
 def test_logits_and_loss_match_native(native, model):
     ids = torch.randint(3, 256, (2, 20))
     labels = ids.clone()

@@ -29,6 +29,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from hydralm.hf.configuration_hydralm import HydraLMConfig
 from hydralm.layers.gated_deltanet import GatedDeltaNet
 from hydralm.layers.rope import RotaryEmbedding
+from hydralm.layers.short_conv import ShortConvolution
 from hydralm.model import IGNORE_INDEX, HydraLM, HydraModel
 from hydralm.state import HydraState
 
@@ -122,10 +123,13 @@ class HydraLMPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = False
 
     def _init_weights(self, module: nn.Module) -> None:
-        # Linear, Embedding, Conv1d and RMSNorm get transformers' defaults
-        # (normal with initializer_range; norms at one).
+        # Linear, Embedding and RMSNorm get transformers' defaults (normal
+        # with initializer_range; norms at one), as in the native model.
         super()._init_weights(module)
-        if isinstance(module, GatedDeltaNet):
+        if isinstance(module, ShortConvolution):
+            # The native model keeps torch's Conv1d default for the short convolutions.
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+        elif isinstance(module, GatedDeltaNet):
             # The native initialisation (Mamba2's): A ~ U(0, 16), dt ~ logU(1e-3, 1e-1)
             # and dt_bias = softplus^-1(dt). init.copy_ skips loaded weights.
             heads = module.num_heads
