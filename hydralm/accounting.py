@@ -19,8 +19,9 @@ Per-layer forward FLOPs for N tokens:
   v, the output gate g_proj, the decay a_proj, the write strength b_proj
   and o_proj. Short convolutions cost ``6 N Hd conv_size``. The chunkwise
   delta rule costs ``C^2 (6 Dh + 4 Dh) + C^3 + 6 C Dh^2`` per head and chunk
-  of C tokens: the C x C products K K^T, Q K^T, T W and T U, about C^3 for
-  the triangular inverse, and the state products W S, Q S and K^T U. There
+  of C tokens. These terms are the C x C products K K^T, Q K^T, T W and T U,
+  about C^3 for the triangular inverse, and the state products W S, Q S and
+  K^T U. There
   are ``ceil(N / C)`` chunks, so for N >= chunk_size the cost is linear in N.
 - Sliding-window attention: projections ``2 N D (Hd + 2 H_kv Dh) + 2 N Hd D``;
   attention ``4 H Dh * sum_t min(t + 1, S + W)``: the query at position t
@@ -62,12 +63,14 @@ __all__ = [
     "compare_costs",
     "dense_attention_flops",
     "deltanet_layer_flops",
+    "hydra_decode_flops",
     "hydra_forward_flops",
     "hydra_parameter_count",
     "hydra_state_bytes",
     "loglog_slope",
     "mlp_flops",
     "swa_layer_flops",
+    "transformer_decode_flops",
     "transformer_forward_flops",
     "transformer_parameter_count",
     "transformer_state_bytes",
@@ -162,6 +165,43 @@ def transformer_forward_flops(config: TransformerConfig, seq_len: int) -> int:
         config.hidden_size, config.intermediate_size, N
     )
     return 2 * N * config.hidden_size * config.vocab_size + config.num_hidden_layers * per_layer
+
+
+def hydra_decode_flops(config: HydraConfig, context_len: int) -> int:
+    """FLOPs of one ``HydraLM.step`` after ``context_len`` tokens; constant once the SWA window is full.
+
+    Per Gated DeltaNet layer the recurrent step costs ``6 H Dh^2``: the
+    read-out ``S^T k``, the rank-one update and the output ``S^T q``. Per SWA
+    layer the new token attends to ``min(context_len + 1, S + W)`` keys.
+    """
+    _check_config(config, HydraConfig)
+    if isinstance(context_len, bool) or not isinstance(context_len, int) or context_len < 0:
+        raise ValueError(f"context_len must be an integer >= 0, got {context_len!r}")
+    D, H, H_kv, Dh = config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    Hd = H * Dh
+    visible = min(context_len + 1, config.num_sink_tokens + config.sliding_window)
+    total = 2 * D * config.vocab_size
+    for layer_type in config.layer_types:
+        total += mlp_flops(D, config.intermediate_size, 1)
+        if layer_type == "deltanet":
+            total += 2 * D * (4 * Hd + 2 * H) + 2 * Hd * D + 6 * Hd * config.conv_size + 6 * H * Dh * Dh
+        else:
+            total += 2 * D * (Hd + 2 * H_kv * Dh) + 2 * Hd * D + 4 * H * Dh * visible
+    return total
+
+
+def transformer_decode_flops(config: TransformerConfig, context_len: int) -> int:
+    """FLOPs of one ``TransformerLM.step`` after ``context_len`` tokens; linear in the context."""
+    _check_config(config, TransformerConfig)
+    if isinstance(context_len, bool) or not isinstance(context_len, int) or context_len < 0:
+        raise ValueError(f"context_len must be an integer >= 0, got {context_len!r}")
+    D, H, H_kv, Dh = config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    per_layer = (
+        2 * D * (H * Dh + 2 * H_kv * Dh) + 2 * H * Dh * D
+        + 4 * H * Dh * (context_len + 1)
+        + mlp_flops(D, config.intermediate_size, 1)
+    )
+    return 2 * D * config.vocab_size + config.num_hidden_layers * per_layer
 
 
 # ---------------------------------------------------------------------------

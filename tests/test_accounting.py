@@ -9,11 +9,13 @@ from hydralm import HydraConfig, HydraLM
 from hydralm.accounting import (
     compare_costs,
     deltanet_layer_flops,
+    hydra_decode_flops,
     hydra_forward_flops,
     hydra_parameter_count,
     hydra_state_bytes,
     loglog_slope,
     swa_layer_flops,
+    transformer_decode_flops,
     transformer_forward_flops,
     transformer_parameter_count,
     transformer_state_bytes,
@@ -95,6 +97,18 @@ def test_deltanet_cost_is_linear_past_one_chunk():
     assert two == 2 * one
 
 
+def test_decode_cost_flat_for_hydra_linear_for_dense():
+    baseline = TransformerConfig.matched_to(SMALL)
+    span = SMALL.num_sink_tokens + SMALL.sliding_window
+
+    assert hydra_decode_flops(SMALL, span) == hydra_decode_flops(SMALL, 10**7)
+    assert hydra_decode_flops(SMALL, 0) < hydra_decode_flops(SMALL, span)
+    growth = transformer_decode_flops(baseline, 2000) - transformer_decode_flops(baseline, 1000)
+    assert growth == 1000 * 4 * baseline.num_attention_heads * baseline.head_dim * baseline.num_hidden_layers
+    # The first decoded token costs what a one-token forward pass costs.
+    assert transformer_decode_flops(baseline, 0) == transformer_forward_flops(baseline, 1)
+
+
 def test_forward_flop_slopes():
     config = HydraConfig()
     baseline = TransformerConfig.matched_to(config)
@@ -149,6 +163,10 @@ def test_bad_arguments_raise_value_error():
         hydra_state_bytes(SMALL, batch_size=0)
     with pytest.raises(ValueError, match="dtype must be a torch.dtype"):
         hydra_state_bytes(SMALL, dtype="float32")
+    with pytest.raises(ValueError, match="context_len must be an integer >= 0, got -3"):
+        hydra_decode_flops(SMALL, -3)
+    with pytest.raises(ValueError, match="context_len must be an integer >= 0"):
+        transformer_decode_flops(baseline, 1.5)
     with pytest.raises(ValueError, match="at least 2 points"):
         loglog_slope([1], [1])
     with pytest.raises(ValueError, match="positive lengths and costs"):
