@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
         "ingest",
         help="read a folder of documents into memory",
         description="Read every supported file under FOLDER into memory. A re-run skips unchanged "
-        "files, re-reads changed ones and forgets deleted ones.",
+        "files, re-reads changed ones and forgets deleted ones. Exits with 1 when a file failed "
+        "(for example a broken PDF); skipped files (binary, too large) do not count.",
         epilog="Example: hydra-chat ingest ~/notes --watch",
     )
     ingest.add_argument("folder", type=Path, metavar="FOLDER", help="folder to read, recursively")
@@ -117,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--watch",
         action="store_true",
         help="after the first pass, keep following the folder and ingest again when a file "
-        "changes; stop with Ctrl-C",
+        "changes; stop with Ctrl-C (exit code 0)",
     )
     ingest.add_argument(
         "--interval",
@@ -294,8 +295,8 @@ def _print_error(message: str) -> None:
 
 def _describe_error(error: BaseException) -> str:
     """Turn a library error into a message; the library's own text already names value and fix."""
-    if isinstance(error, KeyError) and error.args:
-        # KeyError's str() quotes its argument, which reads badly in a sentence.
+    if isinstance(error, KeyError) and type(error).__str__ is KeyError.__str__ and error.args:
+        # A plain KeyError's str() quotes its argument, which reads badly in a sentence.
         return str(error.args[0])
     if isinstance(error, FileNotFoundError) and error.filename:
         return f"file not found: {error.filename}"
@@ -356,6 +357,11 @@ def _format_time(value: Any) -> str:
         return dt.datetime.fromtimestamp(value).strftime("%Y-%m-%d %H:%M:%S")
     if isinstance(value, dt.datetime):
         return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, str):
+        try:
+            return _format_time(dt.datetime.fromisoformat(value))
+        except ValueError:
+            return value
     return str(value)
 
 
@@ -587,13 +593,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if not folder.is_dir():
         raise CliError(f"{folder} is a file, not a folder; give the folder that contains it")
 
+    # Taken before the first pass, so a file changed during that pass is read again.
+    snapshot = _folder_snapshot(folder) if args.watch else {}
     report = _ingest_once(args, folder)
-    status = EXIT_FAILED if report is not None and report.failed and not args.watch else EXIT_OK
     if not args.watch:
-        return status
+        return EXIT_FAILED if report.failed else EXIT_OK
 
     print(f"watching {folder} every {args.interval:g} s; press Ctrl-C to stop", file=sys.stderr)
-    snapshot = _folder_snapshot(folder)
     try:
         while True:
             time.sleep(args.interval)
@@ -658,15 +664,13 @@ def _ingest_once(args: argparse.Namespace, folder: Path):
 
 
 def _print_ingest_report(report) -> None:
-    print(
-        f"added {len(report.added)}, updated {len(report.updated)}, removed {len(report.removed)}, "
-        f"skipped {len(report.skipped)}, failed {len(report.failed)} files; "
-        f"{report.passages} passages in {report.seconds:.1f} s"
-    )
+    print(report.summary())
     for path, reason in report.skipped:
         print(f"  skipped {path}: {reason}")
     for path, reason in report.failed:
         print(f"  failed  {path}: {reason}")
+    # With --watch the summaries are the output; a pipe must see each one as it happens.
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

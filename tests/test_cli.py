@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -121,3 +123,206 @@ def test_console_script_runs_as_a_process():
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert done.stderr.startswith("hydra-chat undo: error: argument WRITE_ID: invalid write id 'x'")
+
+
+# -- commands on a real memory ---------------------------------------------------
+
+needs_memory = pytest.mark.skipif(
+    not hasattr(__import__("importlib").import_module("app.memory"), "Memory"),
+    reason="the memory engine is not installed",
+)
+
+
+@needs_memory
+def test_teach_overwrite_forget_undo_and_facts(capsys):
+    code, out, _ = run_cli(capsys, "teach", "locker code", "4312")
+    assert code == 0
+    assert out.strip() == "remembered 'locker code' = '4312' (write 1)"
+
+    code, out, _ = run_cli(capsys, "teach", "remember that the wifi password at the cabin is x7")
+    assert code == 0
+    assert "'the wifi password at the cabin' = 'x7'" in out
+
+    code, _, _ = run_cli(capsys, "teach", "locker code", "5521")
+    assert code == 0
+
+    code, out, _ = run_cli(capsys, "facts", "--json")
+    assert code == 0
+    facts = {fact["subject"]: fact["value"] for fact in json.loads(out)}
+    assert facts == {"locker code": "5521", "the wifi password at the cabin": "x7"}
+
+    code, out, _ = run_cli(capsys, "facts", "--history", "locker code", "--json")
+    history = json.loads(out)
+    assert [record["value"] for record in history] == ["4312", "5521"]
+    assert history[1]["supersedes"] == history[0]["write_id"]
+
+    code, out, _ = run_cli(capsys, "facts")
+    assert code == 0
+    header = out.splitlines()[0].split()
+    assert header == ["write", "subject", "value", "taught", "source"]
+    assert "5521" in out
+
+    code, out, _ = run_cli(capsys, "forget", "locker code")
+    assert code == 0
+    assert out.startswith("forgot 'locker code'")
+    _, out, _ = run_cli(capsys, "facts", "--json")
+    assert "locker code" not in {fact["subject"] for fact in json.loads(out)}
+
+    forget_id = json.loads(run_cli(capsys, "facts", "--history", "locker code", "--json")[1])[-1]["write_id"]
+    code, out, _ = run_cli(capsys, "undo", str(forget_id))
+    assert code == 0
+    assert out.startswith(f"reverted write {forget_id}")
+    _, out, _ = run_cli(capsys, "facts", "--json")
+    assert {fact["subject"]: fact["value"] for fact in json.loads(out)}["locker code"] == "5521"
+
+
+@needs_memory
+def test_forget_unknown_subject_fails_with_fix(capsys):
+    code, out, err = run_cli(capsys, "forget", "boat name")
+    assert code == 1
+    assert out == ""
+    assert err.startswith("hydra-chat: error: ")
+    assert "'boat name'" in err
+    assert "hydra-chat facts" in err
+    assert "Traceback" not in err
+
+
+@needs_memory
+def test_undo_unknown_write_fails(capsys):
+    code, _, err = run_cli(capsys, "undo", "99")
+    assert code == 1
+    assert "99" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@needs_memory
+def test_history_of_unknown_subject_fails(capsys):
+    code, _, err = run_cli(capsys, "facts", "--history", "nothing here")
+    assert code == 1
+    assert "'nothing here'" in err
+
+
+@needs_memory
+def test_data_dir_option_moves_the_memory(capsys, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    assert run_cli(capsys, "--data-dir", str(elsewhere), "teach", "boat name", "Wavelet")[0] == 0
+    assert elsewhere.is_dir()
+    _, out, _ = run_cli(capsys, "facts", "--json")
+    assert json.loads(out) == [], "the default memory was written instead of --data-dir"
+    _, out, _ = run_cli(capsys, "--data-dir", str(elsewhere), "facts", "--json")
+    assert [fact["value"] for fact in json.loads(out)] == ["Wavelet"]
+
+
+@needs_memory
+def test_data_dir_that_is_a_file_is_usage_error(capsys, tmp_path):
+    file = tmp_path / "memory.txt"
+    file.write_text("not a folder")
+    code, _, err = run_cli(capsys, "--data-dir", str(file), "facts")
+    assert code == 2
+    assert "is a file, not a folder" in err
+
+
+@needs_memory
+def test_memory_in_use_is_one_clear_error(capsys):
+    from app.memory import Memory
+
+    with Memory.open():
+        code, _, err = run_cli(capsys, "teach", "boat name", "Wavelet")
+    assert code == 1
+    assert "memory in use" in err
+    assert "close the other hydra-chat" in err
+
+
+@needs_memory
+def test_export_then_import_restores_facts(capsys, tmp_path):
+    archive = tmp_path / "memory.tar"
+    run_cli(capsys, "teach", "boat name", "Wavelet")
+    code, out, _ = run_cli(capsys, "export", str(archive))
+    assert code == 0
+    assert archive.is_file()
+    assert str(archive) in out
+
+    other = tmp_path / "other"
+    code, _, err = run_cli(capsys, "--data-dir", str(other), "import", str(archive))
+    assert code == 0, err
+    _, out, _ = run_cli(capsys, "--data-dir", str(other), "facts", "--json")
+    assert [fact["value"] for fact in json.loads(out)] == ["Wavelet"]
+
+
+@needs_memory
+def test_import_of_a_broken_archive_fails(capsys, tmp_path):
+    archive = tmp_path / "broken.tar"
+    archive.write_bytes(b"this is not a tar archive")
+    code, _, err = run_cli(capsys, "import", str(archive))
+    assert code == 1
+    assert "broken.tar" in err
+    assert "Traceback" not in err
+
+
+@needs_memory
+def test_ingest_reports_added_and_bad_files(capsys, tmp_path):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "garden.md").write_text("The tomato seedlings go into the greenhouse in May.\n", encoding="utf-8")
+    (folder / "report.pdf").write_bytes(b"%PDF-1.4\nbroken\n")
+    code, out, _ = run_cli(capsys, "ingest", str(folder))
+    assert code == 1, "a failed file must make the exit code 1"
+    assert out.startswith("ingest done: 1 added")
+    assert "report.pdf" in out
+
+    (folder / "report.pdf").unlink()
+    code, out, _ = run_cli(capsys, "ingest", str(folder))
+    assert code == 0
+    assert "1 unchanged" in out
+
+
+@needs_memory
+def test_ingest_watch_follows_changes_until_interrupted(tmp_path):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "a.txt").write_text("The first note is about the garden.\n", encoding="utf-8")
+    environment = dict(os.environ, PYTHONPATH=str(REPO))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "ingest", str(folder), "--watch", "--interval", "0.2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+    )
+    lines: queue.Queue[tuple[str, str]] = queue.Queue()
+    for name, stream in (("out", process.stdout), ("err", process.stderr)):
+        threading.Thread(target=_forward_lines, args=(name, stream, lines), daemon=True).start()
+
+    summaries, errors = [], []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(summaries) < 2:
+            try:
+                name, line = lines.get(timeout=1)
+            except queue.Empty:
+                continue
+            if name == "err":
+                errors.append(line)
+                if line.startswith("watching"):
+                    (folder / "b.txt").write_text("The second note is about the boat.\n", encoding="utf-8")
+            elif line.startswith("ingest done"):
+                summaries.append(line)
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+    time.sleep(0.2)
+    while not lines.empty():
+        name, line = lines.get()
+        (errors if name == "err" else summaries).append(line)
+
+    assert process.returncode == 0, errors
+    assert len([line for line in summaries if line.startswith("ingest done")]) == 2, summaries
+    assert summaries[0].startswith("ingest done: 1 added")
+    assert summaries[1].startswith("ingest done: 1 added, 0 updated, 1 unchanged")
+    assert any("stopped watching" in line for line in errors)
+    assert not any("Traceback" in line for line in errors)
+
+
+def _forward_lines(name: str, stream, lines: queue.Queue) -> None:
+    for line in stream:
+        lines.put((name, line))

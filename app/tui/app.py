@@ -31,7 +31,7 @@ from app.tui.screens.first_run import FirstRunScreen
 from app.tui.screens.help import HelpScreen
 from app.tui.screens.ingest import IngestScreen
 from app.tui.screens.memory import MemoryScreen
-from app.tui.services import MissingPart, Services, StatusInfo
+from app.tui.services import MissingPart, Services, StatusInfo, error_text
 from app.tui.widgets.history_input import HistoryInput
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,8 @@ class HydraChatApp(App[int]):
         device: "cpu", "cuda", "mps" or None for automatic selection.
         load_chat_model: False starts without a chat model (questions then
             show an error); teach, forget, ingest and diagnostics still work.
+        claim_checks: the `hydralm.claims.Check` list the diagnostics screen
+            runs; None runs every check of the six claims.
     """
 
     CSS_PATH = "app.tcss"
@@ -91,8 +93,10 @@ class HydraChatApp(App[int]):
         data_dir: Path | None = None,
         device: str | None = None,
         load_chat_model: bool = True,
+        claim_checks: list[Any] | None = None,
     ) -> None:
         super().__init__()
+        self.claim_checks = claim_checks
         self.services = Services(memory, chat_model, assistant, data_dir=data_dir, device=device)
         self.load_chat_model = load_chat_model
         self.status = StatusInfo()
@@ -112,7 +116,10 @@ class HydraChatApp(App[int]):
     def open_memory(self) -> None:
         try:
             self.services.open_memory()
-        except MissingPart as missing:
+        except Exception as error:  # noqa: BLE001 - any failure to open becomes the error screen
+            missing = error if isinstance(error, MissingPart) else MissingPart(
+                "Memory cannot be opened", error_text(error), "check the memory folder, or pass --data-dir"
+            )
             logger.warning("memory unavailable: %s", missing)
             self.call_from_thread(self.show_error, missing, True)
             self.services.chat_ready.set()

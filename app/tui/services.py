@@ -42,6 +42,19 @@ class StatusInfo:
     documents: int = 0
 
 
+def error_text(error: BaseException) -> str:
+    """Return an error's message for display.
+
+    A plain `KeyError` quotes its argument, so its argument is shown instead;
+    subclasses that define their own message keep it.
+    """
+    if isinstance(error, MissingPart):
+        return f"{error.message}. Fix: {error.fix}"
+    if isinstance(error, KeyError) and type(error).__str__ is KeyError.__str__ and error.args:
+        return str(error.args[0])
+    return str(error) or type(error).__name__
+
+
 def import_part(module: str, what: str) -> Any:
     """Import `module`, or raise `MissingPart` saying which part of the product is missing."""
     try:
@@ -92,6 +105,12 @@ class Services:
             if self.memory is not None:
                 return self.memory
             memory_module = import_part("app.memory", "The memory engine")
+            if not hasattr(memory_module, "Memory"):
+                raise MissingPart(
+                    "The memory engine is missing",
+                    "the package app.memory does not export Memory",
+                    "reinstall hydra-chat with `make setup`, then start it again",
+                )
             try:
                 self.memory = memory_module.Memory.open(data_dir=self.data_dir)
             except memory_module.MemoryInUseError as error:

@@ -14,7 +14,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Input
 
-from app.tui.services import MissingPart, import_part
+from app.tui.services import MissingPart, error_text, import_part
 from app.tui.widgets.history_input import HistoryInput
 from app.tui.widgets.message import ChatMessage
 from app.tui.widgets.status_bar import StatusBar
@@ -69,6 +69,11 @@ class ChatScreen(Screen):
         super().__init__(**kwargs)
         self.cancel_answer: threading.Event | None = None
         """Set to stop the running answer; None when no answer runs."""
+
+    def on_unmount(self) -> None:
+        # Stop the background work when the app closes, so the process can exit.
+        if self.cancel_answer is not None:
+            self.cancel_answer.set()
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -179,8 +184,8 @@ class ChatScreen(Screen):
     def teach(self, subject: str, value: str) -> None:
         try:
             record = self.app.services.require_memory().teach(subject, value, source="chat")
-        except (MissingPart, KeyError, ValueError, OSError) as error:
-            self.post_note("error", f"Could not teach {subject!r}: {_error_text(error)}")
+        except Exception as error:  # noqa: BLE001 - a failed write is shown, never crashes the app
+            self.post_note("error", f"Could not teach {subject!r}: {error_text(error)}")
             return
         self.post_note("note", f"Remembered **{subject}** = {value} (write {record.write_id}).")
         self.app.refresh_status()
@@ -189,8 +194,8 @@ class ChatScreen(Screen):
     def forget(self, subject: str) -> None:
         try:
             record = self.app.services.require_memory().forget(subject, source="chat")
-        except (MissingPart, KeyError, ValueError, OSError) as error:
-            self.post_note("error", f"Could not forget {subject!r}: {_error_text(error)}")
+        except Exception as error:  # noqa: BLE001 - a failed write is shown, never crashes the app
+            self.post_note("error", f"Could not forget {subject!r}: {error_text(error)}")
             return
         self.post_note("note", f"Forgot **{subject}** (write {record.write_id}; `/undo {record.write_id}` reverts it).")
         self.app.refresh_status()
@@ -199,8 +204,8 @@ class ChatScreen(Screen):
     def undo(self, write_id: int) -> None:
         try:
             record = self.app.services.require_memory().undo(write_id)
-        except (MissingPart, KeyError, ValueError, OSError) as error:
-            self.post_note("error", f"Could not undo write {write_id}: {_error_text(error)}")
+        except Exception as error:  # noqa: BLE001 - a failed write is shown, never crashes the app
+            self.post_note("error", f"Could not undo write {write_id}: {error_text(error)}")
             return
         self.post_note("note", f"Reverted write {write_id} (new write {record.write_id}).")
         self.app.refresh_status()
@@ -209,8 +214,8 @@ class ChatScreen(Screen):
     def list_facts(self) -> None:
         try:
             facts = self.app.services.require_memory().facts()
-        except (MissingPart, OSError) as error:
-            self.post_note("error", f"Could not list facts: {_error_text(error)}")
+        except Exception as error:  # noqa: BLE001 - shown in the conversation
+            self.post_note("error", f"Could not list facts: {error_text(error)}")
             return
         if not facts:
             self.post_note("note", "Memory holds no facts yet. Teach one with *remember that …*.")
@@ -268,14 +273,6 @@ class ChatScreen(Screen):
         """Stop the running answer; the text so far stays, marked as stopped."""
         if self.cancel_answer is not None:
             self.cancel_answer.set()
-
-
-def _error_text(error: BaseException) -> str:
-    if isinstance(error, MissingPart):
-        return f"{error.message}. {error.fix}"
-    if isinstance(error, KeyError) and error.args:
-        return str(error.args[0])
-    return str(error)
 
 
 def _cell(value: Any) -> str:

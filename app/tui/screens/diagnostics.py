@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import threading
@@ -18,11 +19,18 @@ from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Header, Input, Label, Markdown, ProgressBar, RadioButton, RadioSet
 from textual_plotext import PlotextPlot
 
-from app.tui.services import MissingPart, import_part
+from app.tui.services import MissingPart, error_text, import_part
 from app.tui.widgets.status_bar import StatusBar
 
-RECALL_CURVE_FACTS = (64, 128, 256, 512, 1024, 2048, 4096)
+RECALL_CURVE_FACTS = (64, 128, 256, 512, 1024, 2048)
 """Numbers of stored facts at which the recall curve is measured when no check reports one."""
+RECALL_CURVE_WIDTH = 128
+"""Key and value width of the fact bank the recall curve is measured on.
+
+The claim-6 check uses width 1024, where recall stays at 1.0 up to about 4,096
+facts and each point takes tens of seconds on a laptop CPU. At width 128 the
+same fall-off shows at an eighth of the facts, within seconds.
+"""
 
 
 class DiagnosticsScreen(Screen):
@@ -74,7 +82,16 @@ class DiagnosticsScreen(Screen):
         self.seconds = 0.0
         self.cancel: threading.Event | None = None
         """Set to stop the running checks; None when none run."""
+        self.cost_points: dict[str, list[tuple[int, float]]] = {}
+        """(sequence length, cost) per model, as plotted."""
+        self.recall_points: dict[int, float] = {}
+        """Top-1 recall per number of stored facts, as plotted."""
         self._check_names: list[str] = []
+
+    def on_unmount(self) -> None:
+        # Stop the background work when the app closes, so the process can exit.
+        if self.cancel is not None:
+            self.cancel.set()
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -114,6 +131,8 @@ class DiagnosticsScreen(Screen):
             return
         self.budget = "paper" if self.query_one("#budget-paper", RadioButton).value else "smoke"
         self.results = []
+        self.cost_points = {}
+        self.recall_points = {}
         self._check_names = []
         self.query_one("#claims", DataTable).clear()
         self.query_one("#claims-progress", ProgressBar).update(total=1, progress=0)
@@ -128,9 +147,14 @@ class DiagnosticsScreen(Screen):
     def run_checks(self, budget: str, cancel: threading.Event) -> None:
         started = time.perf_counter()
         try:
-            run_claims = _run_claims_function()
-            checks = _default_check_names()
-            self._check_names = checks
+            selected = self.app.claim_checks
+            if selected is None:
+                run_claims = _run_claims_function()
+                self._check_names = _default_check_names()
+            else:
+                library = import_part("hydralm.claims", "The claim checks")
+                run_claims = functools.partial(library.run_claims, checks=selected)
+                self._check_names = [check.name for check in sorted(selected, key=lambda check: check.claim)]
 
             def progress(name: str, fraction: float, text: str) -> None:
                 self.post_message(self.Progress(name, fraction, text))
@@ -140,11 +164,8 @@ class DiagnosticsScreen(Screen):
 
             results = run_claims(budget, progress=progress, cancel=cancel, on_result=on_result)
             curve = {} if cancel.is_set() else recall_curve(results)
-        except MissingPart as missing:
-            self.post_message(self.RunFinished(0.0, {}, f"{missing.message}. {missing.fix}"))
-            return
-        except ValueError as error:
-            self.post_message(self.RunFinished(0.0, {}, str(error)))
+        except Exception as error:  # noqa: BLE001 - checks never raise; this is a missing or broken library
+            self.post_message(self.RunFinished(0.0, {}, error_text(error)))
             return
         self.post_message(self.RunFinished(time.perf_counter() - started, curve, None))
 
@@ -250,6 +271,7 @@ class DiagnosticsScreen(Screen):
         plt.clear_data()
         plt.clear_figure()
         unit = series.pop("unit")
+        self.cost_points = series
         for label, points in series.items():
             xs = [math.log10(length) for length, _ in points]
             ys = [math.log10(value) for _, value in points]
@@ -260,13 +282,14 @@ class DiagnosticsScreen(Screen):
 
     def plot_recall(self, curve: dict[int, float]) -> None:
         """Plot top-1 recall against the number of stored facts."""
+        self.recall_points = curve
         plt = self.query_one("#recall-plot", PlotextPlot).plt
         plt.clear_data()
         plt.clear_figure()
         facts = sorted(curve)
         plt.plot([math.log2(count) for count in facts], [curve[count] for count in facts], marker="braille", label="top-1")
         plt.ylim(0, 1.05)
-        plt.title("fact-bank top-1 recall vs stored facts")
+        plt.title(f"fact bank (width {RECALL_CURVE_WIDTH}): top-1 recall vs stored facts")
         plt.xlabel("log2 facts")
         self.query_one("#recall-plot", PlotextPlot).refresh()
 
@@ -336,15 +359,15 @@ def _points(values: dict[str, float]) -> list[tuple[int, float]]:
 def recall_curve(results: list[Any]) -> dict[int, float]:
     """Return top-1 recall per number of stored facts.
 
-    A claim-6 check that reports `recall_by_facts` is used as it is; otherwise
-    the curve is measured here on the library's fact bank with that check's
-    width and head count, on random keys and values.
+    A claim-6 check that reports `recall_by_facts` is used as it is. Otherwise
+    the curve is measured here on the library's fact bank, with random keys
+    and values, at `RECALL_CURVE_WIDTH` and that check's head count.
     """
     for result in results:
         curve = result.measured.get("recall_by_facts") if result.claim == 6 else None
         if curve:
             return {int(count): float(top1) for count, top1 in curve.items()}
-    reference = next((result for result in results if result.claim == 6 and "dim" in result.measured), None)
+    reference = next((result for result in results if result.claim == 6 and "heads" in result.measured), None)
     if reference is None:
         return {}
 
@@ -352,13 +375,13 @@ def recall_curve(results: list[Any]) -> dict[int, float]:
 
     from hydralm.fact_bank import FactBank, top1_accuracy
 
-    dim, heads = int(reference.measured["dim"]), int(reference.measured.get("heads", 1))
+    width, heads = RECALL_CURVE_WIDTH, int(reference.measured["heads"])
     generator = torch.Generator().manual_seed(0)
     curve = {}
     for count in RECALL_CURVE_FACTS:
-        keys = torch.randn(count, dim, generator=generator)  # (N, K)
-        values = torch.randn(count, dim, generator=generator)  # (N, V)
-        bank = FactBank(dim, dim, heads)
+        keys = torch.randn(count, width, generator=generator)  # (N, K)
+        values = torch.randn(count, width, generator=generator)  # (N, V)
+        bank = FactBank(width, width, heads)
         bank.memorize(keys, values)
         curve[count] = float(top1_accuracy(bank.recall(keys), values, torch.arange(count)))
     return curve

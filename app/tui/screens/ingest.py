@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -16,12 +16,8 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, DirectoryTree, Footer, Header, Input, Label, ProgressBar
 
-from app.tui.services import MissingPart
+from app.tui.services import error_text
 from app.tui.widgets.status_bar import StatusBar, format_bytes
-
-PROGRESS_INTERVAL_S = 0.1
-"""Minimum seconds between two progress updates sent to the screen; more would only cost frames."""
-
 
 class FolderTree(DirectoryTree):
     """A directory tree that lists folders only, since ingest takes a folder."""
@@ -31,7 +27,7 @@ class FolderTree(DirectoryTree):
 
 
 class IngestScreen(Screen):
-    """Pick or type a folder, then follow per-file and overall progress.
+    """Pick or type a folder, then follow progress in files and in bytes.
 
     Chatting stays possible while a folder is read: the work runs in a thread
     and this screen keeps running when another screen is shown.
@@ -54,11 +50,10 @@ class IngestScreen(Screen):
     class Finished(Message):
         """The ingest ended with `report`, or with `error` when it could not run."""
 
-        def __init__(self, report: Any, error: str | None, cancelled: bool) -> None:
+        def __init__(self, report: Any, error: str | None) -> None:
             super().__init__()
             self.report = report
             self.error = error
-            self.cancelled = cancelled
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -66,9 +61,11 @@ class IngestScreen(Screen):
         """Set to stop the running ingest; None when no ingest runs."""
         self.report: Any = None
         """The report of the last finished ingest."""
-        self._current_file: str | None = None
-        self._file_start_bytes = 0
-        self._file_size = 0
+
+    def on_unmount(self) -> None:
+        # Stop the background work when the app closes, so the process can exit.
+        if self.cancel is not None:
+            self.cancel.set()
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -81,9 +78,10 @@ class IngestScreen(Screen):
             with Vertical(id="ingest-progress"):
                 yield Label("No ingest running.", id="ingest-state")
                 yield Label("current file: -", id="current-file")
-                yield ProgressBar(total=1, show_eta=False, id="file-progress")
-                yield Label("overall", id="overall-label")
-                yield ProgressBar(total=None, id="overall-progress")
+                yield Label("files", classes="bar-label")
+                yield ProgressBar(total=None, show_eta=False, id="files-progress")
+                yield Label("bytes", classes="bar-label")
+                yield ProgressBar(total=None, id="bytes-progress")
                 yield Label("", id="ingest-counts")
                 yield DataTable(id="problems", cursor_type="row", zebra_stripes=True)
         yield StatusBar()
@@ -114,18 +112,17 @@ class IngestScreen(Screen):
             return
         if not folder.is_dir():
             what = "is a file, not a folder" if folder.exists() else "does not exist"
-            self._set_state(f"[b]{folder}[/b] {what}; type another path.", error=True)
+            self._set_state(f"[b]{escape(str(folder))}[/b] {what}; type another path.", error=True)
             return
 
         self.cancel = threading.Event()
         self.report = None
-        self._current_file = None
         self.query_one("#problems", DataTable).clear()
-        self.query_one("#overall-progress", ProgressBar).update(total=None, progress=0)
-        self.query_one("#file-progress", ProgressBar).update(total=1, progress=0)
+        self.query_one("#bytes-progress", ProgressBar).update(total=None, progress=0)
+        self.query_one("#files-progress", ProgressBar).update(total=None, progress=0)
         self.query_one("#cancel", Button).disabled = False
         self.query_one("#start", Button).disabled = True
-        self._set_state(f"Reading [b]{folder}[/b] …")
+        self._set_state(f"Reading [b]{escape(str(folder))}[/b] …")
         self.run_ingest(folder, self.cancel)
 
     def _set_state(self, text: str, error: bool = False) -> None:
@@ -135,40 +132,25 @@ class IngestScreen(Screen):
 
     @work(thread=True, exclusive=True, group="ingest")
     def run_ingest(self, folder: Path, cancel: threading.Event) -> None:
-        last_post = 0.0
-
         def progress(update: Any) -> None:
-            nonlocal last_post
-            now = time.monotonic()
-            finished = update.files_done >= update.files_total
-            if finished or now - last_post >= PROGRESS_INTERVAL_S:
-                last_post = now
-                self.post_message(self.Progress(update))
+            self.post_message(self.Progress(update))
 
         report, error = None, None
         try:
             memory = self.app.services.require_memory()
             report = memory.ingest(folder, progress=progress, cancel=cancel)
-        except MissingPart as missing:
-            error = f"{missing.message}. {missing.fix}"
-        except (OSError, ValueError, KeyError) as failure:
-            error = str(failure)
-        self.post_message(self.Finished(report, error, cancel.is_set()))
+        except Exception as failure:  # noqa: BLE001 - shown on the screen, never crashes the app
+            error = error_text(failure)
+        self.post_message(self.Finished(report, error))
 
     @on(Progress)
     def show_progress(self, event: Progress) -> None:
         update = event.update
-        if update.current != self._current_file:
-            self._current_file = update.current
-            self._file_start_bytes = update.bytes_done
-            self._file_size = _file_size(update.current)
-        file_bar = self.query_one("#file-progress", ProgressBar)
-        done_in_file = max(0, update.bytes_done - self._file_start_bytes)
-        file_bar.update(total=max(self._file_size, 1), progress=min(done_in_file, self._file_size))
-
-        overall = self.query_one("#overall-progress", ProgressBar)
+        files = self.query_one("#files-progress", ProgressBar)
+        files.update(total=max(update.files_total, 1), progress=update.files_done)
+        overall = self.query_one("#bytes-progress", ProgressBar)
         overall.update(total=max(update.bytes_total, 1), progress=update.bytes_done)
-        self.query_one("#current-file", Label).update(f"current file: {update.current or '-'}")
+        self.query_one("#current-file", Label).update(f"current file: {escape(update.current or '-')}")
         eta = "-" if update.eta_s is None else f"{update.eta_s:.0f} s"
         self.query_one("#ingest-counts", Label).update(
             f"{update.files_done}/{update.files_total} files, "
@@ -182,25 +164,25 @@ class IngestScreen(Screen):
         self.query_one("#cancel", Button).disabled = True
         self.query_one("#start", Button).disabled = False
         if event.error is not None:
-            self._set_state(f"Ingest failed: {event.error}", error=True)
+            self._set_state(f"Ingest failed: {escape(event.error)}", error=True)
             return
 
         report = self.report = event.report
         problems = self.query_one("#problems", DataTable)
         for path, reason in report.skipped:
-            problems.add_row("skipped", str(path), str(reason))
+            problems.add_row("skipped", Text(str(path)), Text(str(reason)))
         for path, reason in report.failed:
-            problems.add_row("failed", str(path), str(reason))
-        self.query_one("#file-progress", ProgressBar).update(total=1, progress=1)
-        overall = self.query_one("#overall-progress", ProgressBar)
-        if overall.total is None:
-            overall.update(total=1, progress=1)
+            problems.add_row(Text("failed", style="bold red"), Text(str(path)), Text(str(reason)))
+        for bar_id in ("#files-progress", "#bytes-progress"):
+            bar = self.query_one(bar_id, ProgressBar)
+            if bar.total is None:
+                bar.update(total=1, progress=1)
 
-        verb = "Cancelled" if event.cancelled else "Done"
+        verb = "Cancelled" if report.cancelled else "Done"
         self._set_state(
-            f"{verb}: added {_count(report.added)}, updated {_count(report.updated)}, "
-            f"removed {_count(report.removed)}, skipped {len(report.skipped)}, failed {len(report.failed)} files; "
-            f"{report.passages} passages in {report.seconds:.1f} s."
+            f"{verb}: added {len(report.added)}, updated {len(report.updated)}, "
+            f"unchanged {len(report.unchanged)}, removed {len(report.removed)}, skipped {len(report.skipped)}, "
+            f"failed {len(report.failed)} files; {report.passages} passages in {report.seconds:.1f} s."
         )
         self.app.refresh_status()
 
@@ -210,16 +192,3 @@ class IngestScreen(Screen):
         if self.cancel is not None:
             self.cancel.set()
             self._set_state("Cancelling after the current file …")
-
-
-def _file_size(path: str | None) -> int:
-    if not path:
-        return 0
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return 0
-
-
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) else len(value)

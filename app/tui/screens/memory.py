@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -14,17 +15,22 @@ from textual.widgets import Button, DataTable, Footer, Header, Input, Label
 
 from app.tui.screens.confirm import ConfirmScreen
 from app.tui.screens.teach_form import TeachForm
-from app.tui.services import MissingPart
+from app.tui.services import error_text
 from app.tui.widgets.status_bar import StatusBar
 
 
 def format_time(value: Any) -> str:
-    """Format a Unix time or datetime as local 'YYYY-MM-DD HH:MM'."""
+    """Format a Unix time, datetime or ISO 8601 string as 'YYYY-MM-DD HH:MM'."""
     if isinstance(value, (int, float)):
         return dt.datetime.fromtimestamp(value).strftime("%Y-%m-%d %H:%M")
     if isinstance(value, dt.datetime):
         return value.strftime("%Y-%m-%d %H:%M")
-    return str(value or "")
+    if isinstance(value, str):
+        try:
+            return format_time(dt.datetime.fromisoformat(value))
+        except ValueError:
+            return value
+    return ""
 
 
 class MemoryScreen(Screen):
@@ -90,8 +96,8 @@ class MemoryScreen(Screen):
     def load_facts(self) -> None:
         try:
             facts = self.app.services.require_memory().facts()
-        except MissingPart as error:
-            self.app.call_from_thread(self.notify, f"{error.message}. {error.fix}", severity="error")
+        except Exception as error:  # noqa: BLE001 - shown as a notification
+            self.app.call_from_thread(self.notify, f"Cannot list facts: {error_text(error)}", severity="error")
             return
         self.app.call_from_thread(self.show_facts, facts)
 
@@ -106,7 +112,12 @@ class MemoryScreen(Screen):
             if query and query not in fact.subject.lower() and query not in str(fact.value).lower():
                 continue
             table.add_row(
-                fact.subject, fact.value, str(fact.write_id), format_time(fact.taught_at), fact.source, key=fact.subject
+                Text(fact.subject),
+                Text(str(fact.value)),
+                str(fact.write_id),
+                format_time(fact.taught_at),
+                Text(str(fact.source)),
+                key=fact.subject,
             )
         if selected is not None and selected in {str(key.value) for key in table.rows}:
             table.move_cursor(row=table.get_row_index(selected))
@@ -142,8 +153,8 @@ class MemoryScreen(Screen):
     def load_history(self, subject: str) -> None:
         try:
             records = self.app.services.require_memory().history(subject)
-        except (MissingPart, KeyError) as error:
-            self.app.call_from_thread(self.notify, str(error), severity="error")
+        except Exception as error:  # noqa: BLE001 - shown as a notification
+            self.app.call_from_thread(self.notify, f"Cannot read the history: {error_text(error)}", severity="error")
             return
         self.app.call_from_thread(self.show_history, subject, records)
 
@@ -159,9 +170,9 @@ class MemoryScreen(Screen):
             table.add_row(
                 str(record.write_id),
                 str(getattr(record, "op", "")),
-                "" if value is None else str(value),
+                Text("" if value is None else str(value)),
                 format_time(getattr(record, "created_at", "")),
-                str(getattr(record, "source", "")),
+                Text(str(getattr(record, "source", ""))),
                 str(getattr(record, "supersedes", None) or ""),
                 key=str(record.write_id),
             )
@@ -250,17 +261,16 @@ class MemoryScreen(Screen):
     @work(thread=True, group="memory-write")
     def write(self, operation: str, *arguments: Any) -> None:
         """Run teach, forget or undo on the memory, then reload the tables."""
-        memory = self.app.services.require_memory()
         try:
+            memory = self.app.services.require_memory()
             if operation == "teach":
                 record = memory.teach(*arguments, source="tui")
             elif operation == "forget":
                 record = memory.forget(*arguments, source="tui")
             else:
                 record = memory.undo(*arguments)
-        except (KeyError, ValueError, OSError) as error:
-            text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
-            self.app.call_from_thread(self.notify, f"{operation} failed: {text}", severity="error")
+        except Exception as error:  # noqa: BLE001 - a failed write is shown, never crashes the app
+            self.app.call_from_thread(self.notify, f"{operation} failed: {error_text(error)}", severity="error")
             return
         self.app.call_from_thread(self.notify, f"{operation}: write {record.write_id} logged.")
         self.app.refresh_status()
