@@ -177,6 +177,9 @@ class HydraLMForCausalLM(HydraLMPreTrainedModel, GenerationMixin):
             raise ValueError(f"from_native needs a hydralm.HydraLM, got {type(native).__name__}")
         weight = native.model.embed_tokens.weight
         # Every parameter is overwritten by the load, so random init is skipped.
+        # NOTE: no_init_weights patches torch.nn.init process-wide while it
+        # runs, so a module built at the same time in another thread is left
+        # uninitialised; transformers' own loading has the same window.
         with init.no_init_weights():
             model = cls(HydraLMConfig.from_hydra_config(native.config))
         model = model.to(device=weight.device, dtype=weight.dtype)
