@@ -25,7 +25,7 @@ Per-layer forward FLOPs for N tokens:
   are ``ceil(N / C)`` chunks, so for N >= chunk_size the cost is linear in N.
 - Sliding-window attention: projections ``2 N D (Hd + 2 H_kv Dh) + 2 N Hd D``;
   attention ``4 H Dh * sum_t min(t + 1, S + W)``: the query at position t
-  sees ``min(t + 1, S + W)`` keys, each costing a score and a weighted sum
+  attends to ``min(t + 1, S + W)`` keys, each costing a score and a weighted sum
   of ``2 Dh`` FLOPs. This is ``N (S + W)`` keys once N > S + W.
 - Dense causal attention (the baseline): the same projections as SWA and
   ``4 H Dh * N (N + 1) / 2``, the N^2 term.
