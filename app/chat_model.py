@@ -531,7 +531,6 @@ class ChatModel:
         if tokenizer.eos_token_id is not None:
             stop.add(tokenizer.eos_token_id)
         self.stop_token_ids = sorted(stop)
-        self._lock = threading.Lock()
 
     @property
     def config(self) -> Any:
@@ -752,43 +751,46 @@ class ChatStream:
         decoder = IncrementalDecoder(chat_model.decode)
         started = time.perf_counter()
 
-        with chat_model._lock, torch.inference_mode():
-            tokens = generate_stream(
-                model,
-                input_ids,
-                state=self._initial_state,
-                settings=self.settings,
-                stop_token_ids=sorted(stop_ids),
-                cancel=self._cancel,
-            )
-            stopped = False
-            while True:
-                try:
-                    token_id = int(next(tokens))
-                except StopIteration as finished:
-                    self.state = finished.value
-                    break
-                if self.time_to_first_token_s is None:
-                    self.time_to_first_token_s = time.perf_counter() - started
-                if token_id in stop_ids:
-                    stopped = True
-                    continue
-                self.token_ids.append(token_id)
-                piece = decoder.push(token_id)
-                if piece:
-                    self.text += piece
-                    yield piece
+        # No lock: forward and step never modify the model or a given state,
+        # so streams in several threads can share one model. No grad-mode
+        # context spans the yields either, as it would leak into the caller.
+        tokens = generate_stream(
+            model,
+            input_ids,
+            state=self._initial_state,
+            settings=self.settings,
+            stop_token_ids=sorted(stop_ids),
+            cancel=self._cancel,
+        )
+        stopped = False
+        while True:
+            try:
+                token_id = int(next(tokens))
+            except StopIteration as finished:
+                self.state = finished.value
+                break
+            if self.time_to_first_token_s is None:
+                self.time_to_first_token_s = time.perf_counter() - started
+            if token_id in stop_ids:
+                stopped = True
+                continue
+            self.token_ids.append(token_id)
+            piece = decoder.push(token_id)
+            if piece:
+                self.text += piece
+                yield piece
 
-            if stopped:
-                self.finish_reason = "stop"
-            elif self._cancel is not None and self._cancel.is_set():
-                self.finish_reason = "cancelled"
-            else:
-                self.finish_reason = "length"
-            # generate_stream does not read the end-of-turn token into the
-            # state; reading it here closes the turn whatever ended it, so a
-            # continuation always starts after `<|im_end|>`.
-            end_of_turn = torch.tensor([chat_model.end_of_turn_id], device=chat_model.device)  # (1,)
+        if stopped:
+            self.finish_reason = "stop"
+        elif self._cancel is not None and self._cancel.is_set():
+            self.finish_reason = "cancelled"
+        else:
+            self.finish_reason = "length"
+        # generate_stream does not read the end-of-turn token into the
+        # state; reading it here closes the turn whatever ended it, so a
+        # continuation always starts after `<|im_end|>`.
+        end_of_turn = torch.tensor([chat_model.end_of_turn_id], device=chat_model.device)  # (1,)
+        with torch.no_grad():
             _, self.state = model.step(end_of_turn, self.state)
         rest = decoder.flush()
         if rest:
