@@ -240,7 +240,7 @@ class HydraLMForCausalLM(HydraLMPreTrainedModel, GenerationMixin):
         past_key_values: HydraCache | None = None,
         return_dict: bool | None = None,
         **kwargs: Any,
-    ) -> CausalLMOutputWithPast:
+    ) -> CausalLMOutputWithPast | tuple:
         """Run the model on ``input_ids`` (B, T), continuing from ``cache`` when given.
 
         Args:
@@ -254,6 +254,8 @@ class HydraLMForCausalLM(HydraLMPreTrainedModel, GenerationMixin):
             inputs_embeds: not supported; the state is driven by token ids.
             logits_to_keep: 0 for all logits, k > 0 for the last k.
             past_key_values: the older name of ``cache``.
+            return_dict: False returns the output as a tuple (loss, logits, cache),
+                leaving out the entries that are None.
         """
         if inputs_embeds is not None:
             raise ValueError("HydraLMForCausalLM does not take inputs_embeds; pass input_ids")
@@ -295,4 +297,6 @@ class HydraLMForCausalLM(HydraLMPreTrainedModel, GenerationMixin):
             cache.seen_tokens += T
         else:
             cache = None
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)
+        output = CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)
+        use_return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        return output if use_return_dict else output.to_tuple()
