@@ -18,7 +18,7 @@ ingest starts.
 
 The memory engine takes a few hundred passages per CPU second, so the full
 default run (the 200 MB file is 340,000 passages) needs well over an hour on
-two cores; `--big-memory-mb` runs the real memory on smaller files while the
+two cores. `--big-memory-mb` runs the real memory on smaller files while the
 peers still read the 200 MB one.
 
 Usage:

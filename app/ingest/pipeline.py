@@ -294,6 +294,8 @@ def ingest_folder(
     tracker.current = ""
     tracker.send(force=True)
     logger.info("%s", report.summary())
+    if report.failed:
+        logger.warning("%d files under %s could not be read; the report lists each with the reason", len(report.failed), root)
     return report
 
 
@@ -391,7 +393,9 @@ def _record_failure(
     status: str = STATUS_FAILED,
 ) -> None:
     path = str(entry.path)
-    logger.warning("%s %s: %s", status, path, reason)
+    # Each file is in the report; one warning per run counts them (see the end
+    # of `ingest_folder`), so a folder of broken files does not flood stderr.
+    logger.info("%s %s: %s", status, path, reason)
     (report.failed if status == STATUS_FAILED else report.skipped).append((path, reason))
     sha256 = scan.sha256 if scan is not None else ""
     size = scan.size if scan is not None else entry.size
