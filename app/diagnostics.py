@@ -79,21 +79,22 @@ def validate_request(
 
 
 class ChatModelLoader:
-    """Load the default chat model once, on first use, for the checks that share it."""
+    """Load the default chat model on first use, once per window size, for the checks that share it."""
 
     def __init__(self, device: str = "auto") -> None:
         self.device = device
-        self._chat: Any = None
+        self._models: dict[int | None, Any] = {}
         self._lock = threading.Lock()
 
-    def get(self) -> Any:
-        """Return the loaded `app.chat_model.ChatModel`."""
+    def get(self, window: int | None = None) -> Any:
+        """Return the loaded `app.chat_model.ChatModel`, with `window` or the default window."""
         with self._lock:
-            if self._chat is None:
+            if window not in self._models:
                 from app.chat_model import load_chat_model
 
-                self._chat = load_chat_model(device=self.device)
-            return self._chat
+                options = {} if window is None else {"window": window}
+                self._models[window] = load_chat_model(device=self.device, **options)
+            return self._models[window]
 
 
 def check_chat_state(budget: Budget, ctx: CheckContext, *, loader: ChatModelLoader) -> Verdict:
@@ -101,7 +102,7 @@ def check_chat_state(budget: Budget, ctx: CheckContext, *, loader: ChatModelLoad
     from hydralm.claims.constant_state import _stream_verdict, judge_stream, stream_and_measure
 
     ctx.step(0.0, "loading the default chat model")
-    chat = loader.get()
+    chat = loader.get(budget.chat_window)
     checkpoints = list(budget.chat_stream_checkpoints)
     stream = stream_and_measure(chat.model, checkpoints, budget.chat_stream_chunk, ctx)
     passed, judged = judge_stream(stream)
@@ -114,6 +115,8 @@ def check_chat_state(budget: Budget, ctx: CheckContext, *, loader: ChatModelLoad
         f" The model attends to {config.sliding_window:,} window tokens plus {config.num_sink_tokens} sinks, "
         f"so the stream passes the window after {span:,} tokens."
     )
+    if budget.chat_window is not None:
+        verdict.notes += f" This budget shortens the window to {budget.chat_window} tokens to pass it sooner."
     verdict.measured["window_plus_sinks"] = span
     return verdict
 

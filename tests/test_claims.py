@@ -137,3 +137,247 @@ def test_markdown_and_json_reports(tmp_path):
 def test_markdown_escapes_table_pipes():
     results = run_claims("smoke", checks=[_check("p", lambda b, c: Verdict(True, summary="a | b"))])
     assert "a \\| b" in render_markdown(results, run_metadata("smoke", 0.0, results))
+
+
+# Each gate broken on purpose
+
+
+import dataclasses
+from types import SimpleNamespace
+
+import torch
+
+from hydralm.baselines.transformer import TransformerLM
+from hydralm.claims import (
+    constant_state,
+    cost_reduction,
+    drop_in,
+    linear_cost,
+    mqar_recall,
+    subjects,
+    zero_gradient,
+)
+from hydralm.claims.budgets import MQARSetting
+from hydralm.claims.runner import CheckContext
+from hydralm.fact_bank import FactBank
+
+CTX = CheckContext("test")
+
+
+def _tiny(**changes) -> "object":
+    return dataclasses.replace(SMOKE, **changes)
+
+
+class QuadraticModel(torch.nn.Module):
+    """A 'linear' model that secretly scores every pair of positions: O(N^2) per forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(vocab_size=256)
+        self.embed = torch.nn.Embedding(256, 64)
+
+    def forward(self, input_ids, **kwargs):
+        hidden = self.embed(input_ids)  # (B, N, C)
+        scores = hidden @ hidden.transpose(1, 2)  # (B, N, N)
+        return SimpleNamespace(logits=scores.softmax(-1) @ hidden)
+
+
+def test_linear_cost_analytic_fails_for_quadratic_formula():
+    verdict = linear_cost.check_analytic(SMOKE, CTX, hydra_cost=lambda n: n * n + 100 * n)
+    assert verdict.passed is False
+    assert verdict.measured["hydra_slope"] > 1.5
+
+
+def test_linear_cost_measured_fails_for_quadratic_model():
+    budget = _tiny(measured_lengths=(512, 1024, 2048, 4096), timing_repeats=2)
+    verdict = linear_cost.check_measured(budget, CTX, make_hydra=QuadraticModel, make_dense=QuadraticModel)
+    assert verdict.passed is False
+    assert verdict.measured["hydra_slope"] > linear_cost.MEASURED_HYDRA_SLOPE[1]
+
+
+class OracleMQAR(torch.nn.Module):
+    """Answers every MQAR query by looking the key up in the input: accuracy 1.0."""
+
+    def __init__(self, vocab_size: int) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(vocab_size=vocab_size)
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, labels=None, **kwargs):
+        B, T = input_ids.shape
+        V = self.config.vocab_size
+        logits = torch.zeros(B, T, V) + self.unused  # (B, T, V)
+        for t in range(1, T):
+            # The token after an earlier occurrence of input_ids[:, t] is its value.
+            for j in range(0, t - 1):
+                match = (input_ids[:, j] == input_ids[:, t]) & (input_ids[:, t] != 0)
+                logits[match, t, input_ids[match, j + 1]] = 10.0
+        loss = logits.sum() * 0.0 + self.unused.sum() if labels is not None else None
+        return SimpleNamespace(logits=logits, loss=loss)
+
+
+class BiasOnlyMQAR(torch.nn.Module):
+    """Ignores its input: the same logits at every position, so it cannot recall."""
+
+    def __init__(self, vocab_size: int) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(vocab_size=vocab_size)
+        self.bias = torch.nn.Parameter(torch.zeros(vocab_size))
+
+    def forward(self, input_ids, labels=None, **kwargs):
+        logits = self.bias.expand(*input_ids.shape, -1)  # (B, T, V)
+        loss = None
+        if labels is not None:
+            loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
+            )
+        return SimpleNamespace(logits=logits, loss=loss)
+
+
+MQAR_TINY = MQARSetting(vocab_size=64, seq_len=16, num_kv_pairs=2, steps=3, eval_examples=64)
+
+
+def test_mqar_fails_when_hydra_cannot_recall():
+    budget = _tiny(mqar=MQAR_TINY)
+    verdict = mqar_recall.check_reference(budget, CTX, make_hydra=BiasOnlyMQAR, make_dense=OracleMQAR)
+    assert verdict.measured["dense"]["accuracy"] == 1.0
+    assert verdict.passed is False
+
+
+def test_mqar_fails_when_dense_does_not_learn():
+    budget = _tiny(mqar=MQAR_TINY)
+    verdict = mqar_recall.check_reference(budget, CTX, make_hydra=OracleMQAR, make_dense=BiasOnlyMQAR)
+    assert verdict.measured["dense"]["accuracy"] <= mqar_recall.DENSE_ACCURACY_MIN
+    assert verdict.passed is False
+
+
+def test_mqar_harder_setting_reports_hydra_loss_but_passes():
+    budget = _tiny(mqar_hard=MQAR_TINY)
+    verdict = mqar_recall.check_harder(budget, CTX, make_hydra=BiasOnlyMQAR, make_dense=OracleMQAR)
+    assert verdict.passed is True
+    assert verdict.measured["hydra_over_dense"] < mqar_recall.RATIO_MIN
+    assert "falls short of" in verdict.notes
+
+
+def _tiny_dense() -> TransformerLM:
+    return TransformerLM.matched_to(subjects.claim_config())
+
+
+def test_constant_state_analytic_fails_for_growing_state():
+    budget = _tiny(prefill_tokens=64, decode_steps=4)
+    verdict = constant_state.check_analytic(budget, CTX, make_hydra=_tiny_dense, state_bytes_formula=lambda n: 1000)
+    assert verdict.passed is False
+    assert verdict.measured["real_bytes_after_decode"] > verdict.measured["real_bytes_after_prefill"]
+
+
+def test_constant_state_measured_fails_for_growing_state():
+    budget = _tiny(stream_checkpoints=(128, 512), stream_chunk=128)
+    verdict = constant_state.check_measured(budget, CTX, make_hydra=_tiny_dense)
+    assert verdict.passed is False
+    assert verdict.measured["checks"]["state_bytes_identical"] is False
+
+
+def test_constant_state_rss_gate_fails_for_large_growth():
+    stream = {"state_bytes": {"1": 10, "2": 10}, "rss_bytes": {"1": 0, "2": 1 << 30}, "logits_finite": True}
+    passed, judged = constant_state.judge_stream(stream)
+    assert passed is False
+    assert judged["checks"]["rss_growth_within_limit"] is False
+
+
+def test_cost_reduction_analytic_fails_when_memory_grows():
+    growing = {"hydra_memory": lambda n: 512 * n, "dense_memory": lambda n: 512 * n}
+    verdict = cost_reduction.check_analytic(SMOKE, CTX, costs=growing)
+    assert verdict.passed is False
+    assert verdict.measured["checks"]["memory_saving_at_131072"] is False
+    assert verdict.measured["checks"]["flop_saving_at_131072"] is True
+
+
+def test_cost_reduction_measured_fails_for_dense_twin():
+    budget = _tiny(serve_start_length=1024, serve_max_length=1024, serve_chunk=256, serve_decode_steps=2)
+    verdict = cost_reduction.check_measured(budget, CTX, make_hydra=_tiny_dense, make_dense=_tiny_dense)
+    assert verdict.passed is False
+    assert verdict.measured["checks"]["cache_saving"] is False
+
+
+def test_drop_in_fails_for_unmatched_size():
+    def oversized() -> TransformerLM:
+        config = subjects.claim_config()
+        return TransformerLM(dataclasses.replace(config, intermediate_size=4 * config.intermediate_size))
+
+    verdict = drop_in.check_drop_in(SMOKE, CTX, make_dense=oversized)
+    assert verdict.passed is False
+    assert verdict.measured["parameter_ratio"] > drop_in.PARAMETER_RATIO[1]
+    assert verdict.measured["checks"]["generate"] is True
+
+
+class IgnoresOverwrites(FactBank):
+    """A memory that keeps the first value written under a key."""
+
+    def memorize(self, keys, values):
+        if self.num_writes == 0:
+            super().memorize(keys, values)
+
+
+class LearnsWithGradients(FactBank):
+    """A memory whose writes keep the autograd graph of their inputs."""
+
+    def memorize(self, keys, values):
+        self.state = self.state + (keys.T @ values)[None] / keys.shape[0]  # (H, K, V)
+        self.num_writes += keys.shape[0]
+
+
+FACTS_TINY = {"facts": 100, "fact_dim": 256, "fact_heads": 1}
+
+
+def test_zero_gradient_fails_when_overwrites_are_ignored():
+    verdict = zero_gradient.check_fact_bank(_tiny(**FACTS_TINY), CTX, make_bank=IgnoresOverwrites)
+    assert verdict.passed is False
+    assert verdict.measured["overwrite_margin"] < zero_gradient.OVERWRITE_MARGIN_MIN
+
+
+def test_zero_gradient_fails_when_writes_attach_autograd():
+    verdict = zero_gradient.check_fact_bank(_tiny(**FACTS_TINY), CTX, make_bank=LearnsWithGradients)
+    assert verdict.passed is False
+    assert verdict.measured["attaches_autograd_state"] is True
+
+
+def test_zero_gradient_passes_for_fact_bank():
+    verdict = zero_gradient.check_fact_bank(_tiny(**FACTS_TINY), CTX)
+    assert verdict.passed is True
+    assert verdict.measured["top1"] >= zero_gradient.TOP1_MIN
+
+
+# The smoke budget end to end
+
+
+@pytest.fixture(scope="module")
+def smoke_results():
+    return run_claims("smoke")
+
+
+def test_smoke_budget_covers_six_claims(smoke_results):
+    assert sorted({r.claim for r in smoke_results}) == [1, 2, 3, 4, 5, 6]
+    assert {r.kind for r in smoke_results} == {"analytic", "measured"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "linear_cost",
+        "linear_cost_measured",
+        "mqar_recall",
+        "constant_state",
+        "constant_state_measured",
+        "cost_reduction",
+        "cost_reduction_measured",
+        "drop_in",
+        "zero_gradient",
+    ],
+)
+def test_smoke_budget_check_passes(smoke_results, name):
+    result = next(r for r in smoke_results if r.name == name)
+    assert result.passed, f"{name}: {result.notes} {result.measured}"
+
+
+def test_smoke_budget_skips_harder_mqar(smoke_results):
+    assert "mqar_recall_hard" not in {r.name for r in smoke_results}

@@ -79,6 +79,8 @@ class Check:
     claim: int
     kind: str
     run: Callable[[Budget, CheckContext], Verdict]
+    applies: Callable[[Budget], bool] = lambda budget: True
+    """Whether the check runs at a budget (a check too costly for smoke skips it)."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -159,6 +161,10 @@ def run_claims(
 
         checks = default_checks()
     ordered = sorted([*checks, *extra_checks], key=lambda check: check.claim)
+    skipped = [check.name for check in ordered if not check.applies(selected)]
+    if skipped:
+        logger.info("checks not run at budget %s: %s", selected.name, ", ".join(skipped))
+    ordered = [check for check in ordered if check.applies(selected)]
     results = []
     for check in ordered:
         logger.info("running check %s at budget %s", check.name, selected.name)

