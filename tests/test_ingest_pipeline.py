@@ -176,6 +176,19 @@ def test_other_folders_are_left_alone(tmp_path):
     assert str(second / "a.txt") in store.docs
 
 
+def test_folder_through_symlink_is_the_same(tmp_path):
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "a.txt").write_text("alpha")
+    (tmp_path / "link").symlink_to(root)
+    store = RecordingStore()
+    ingest_folder(store, root)
+    report = ingest_folder(store, tmp_path / "link")
+    assert report.unchanged == [str(root / "a.txt")]
+    assert report.added == report.removed == []
+    assert list(store.docs) == [str(root / "a.txt")]
+
+
 def test_passage_offsets_point_into_the_text(tmp_path):
     root = tmp_path / "docs"
     root.mkdir()

@@ -238,7 +238,9 @@ def ingest_folder(
     after the files before it were committed.
     """
     started = time.monotonic()
-    root = os.path.abspath(os.fspath(folder))
+    # The resolved path keys the documents, so the same folder reached by a
+    # relative path or through a symlink maps to the same records.
+    root = os.path.realpath(os.fspath(folder))
     if not _is_utf8(root):
         raise ValueError(f"folder name is not valid UTF-8: {display_path(root)}; rename the folder")
     is_cancelled = _cancel_check(cancel)
@@ -337,6 +339,8 @@ def _ingest_file(
         _record_failure(memory, report, entry, None, str(error))
         return
     if previous is not None and previous.sha256 == scan.sha256:
+        # NOTE: the stored mtime stays the old one, so a touched file is
+        # hashed again on every run until its content changes.
         _report_unchanged(report, previous, path)
         return
 
