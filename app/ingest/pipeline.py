@@ -397,8 +397,8 @@ def _record_failure(
     status: str = STATUS_FAILED,
 ) -> None:
     path = str(entry.path)
-    # Each file is in the report; one warning per run counts them (see the end
-    # of `ingest_folder`), so a folder of broken files does not flood stderr.
+    # The report lists every file, and `ingest_folder` logs one warning that
+    # counts them, so a folder of broken files does not flood stderr.
     logger.info("%s %s: %s", status, path, reason)
     (report.failed if status == STATUS_FAILED else report.skipped).append((path, reason))
     sha256 = scan.sha256 if scan is not None else ""
