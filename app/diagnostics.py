@@ -1,12 +1,12 @@
-"""What `hydra-chat diagnostics` runs: the six claim checks plus the product's twins.
+"""The `hydra-chat diagnostics` command: the six claim checks plus the product's twins.
 
 The library (`hydralm.claims`) checks the claims on small models it builds
 itself. This module adds the twins that need the product:
 
-- claim 3 and 5 on the default chat model (SmolLM2-135M-Instruct in HydraLM
-  blocks), when its weights package is installed: its state stays the same
-  size while real tokens stream past the window, its parameter count equals
-  the Llama original's in the GGUF file, and transformers' `generate` runs it;
+- claims 3 and 5 on the default chat model (SmolLM2-135M-Instruct in HydraLM
+  blocks), when its weights package is installed. Its state keeps the same
+  size while tokens stream past the window. Its parameter count equals the
+  Llama original's in the GGUF file, and transformers' `generate` runs it.
 - claim 6 with the memory engine itself (its key features, value codes,
   delta-rule state and log) on the sentences of the evaluation fact set.
 
@@ -99,7 +99,7 @@ class ChatModelLoader:
 
 def check_chat_state(budget: Budget, ctx: CheckContext, *, loader: ChatModelLoader) -> Verdict:
     """Stream tokens past the chat model's window and check its state bytes and RSS stay flat."""
-    from hydralm.claims.constant_state import _stream_verdict, judge_stream, stream_and_measure
+    from hydralm.claims.constant_state import stream_verdict, judge_stream, stream_and_measure
 
     ctx.step(0.0, "loading the default chat model")
     chat = loader.get(budget.chat_window)
@@ -107,7 +107,7 @@ def check_chat_state(budget: Budget, ctx: CheckContext, *, loader: ChatModelLoad
     stream = stream_and_measure(chat.model, checkpoints, budget.chat_stream_chunk, ctx)
     passed, judged = judge_stream(stream)
     config = chat.model.config
-    verdict = _stream_verdict(
+    verdict = stream_verdict(
         passed, stream, judged, checkpoints, budget.chat_stream_chunk, f"the default chat model ({chat.name})"
     )
     span = config.sliding_window + config.num_sink_tokens

@@ -196,7 +196,7 @@ def test_linear_cost_measured_fails_for_quadratic_model():
 
 
 class OracleMQAR(torch.nn.Module):
-    """Answers every MQAR query by looking the key up in the input: accuracy 1.0."""
+    """Oracle that looks every MQAR query up in the input, so its accuracy is 1.0."""
 
     def __init__(self, vocab_size: int) -> None:
         super().__init__()

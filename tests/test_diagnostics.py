@@ -38,7 +38,8 @@ def test_unknown_budget_rejected_before_work():
     with pytest.raises(ValueError) as info:
         diagnostics.run_diagnostics("quick", checks=[_spy_check(calls)], include_app_checks=False)
     assert "'quick'" in str(info.value)
-    assert "paper" in str(info.value) and "smoke" in str(info.value)
+    assert "paper" in str(info.value)
+    assert "smoke" in str(info.value)
     assert calls == []
 
 
@@ -124,7 +125,7 @@ def test_memory_twin_passes_on_engine():
 
 
 class _IgnoresOverwrites:
-    """Wraps the real engine but drops every teach of a subject it already knows."""
+    """Wrapper of the real engine that drops every teach of a subject taught before."""
 
     def __init__(self, memory) -> None:
         self.memory = memory

@@ -162,12 +162,13 @@ def check_measured(
     checkpoints = list(budget.stream_checkpoints)
     stream = stream_and_measure(model, checkpoints, budget.stream_chunk, ctx)
     passed, judged = judge_stream(stream)
-    return _stream_verdict(passed, stream, judged, checkpoints, budget.stream_chunk, "the small HydraLM")
+    return stream_verdict(passed, stream, judged, checkpoints, budget.stream_chunk, "the small HydraLM")
 
 
-def _stream_verdict(
+def stream_verdict(
     passed: bool, stream: dict[str, Any], judged: dict[str, Any], checkpoints: list[int], chunk: int, subject: str
 ) -> Verdict:
+    """Build the verdict of a streaming run from `stream_and_measure` and `judge_stream` output."""
     sizes = stream["state_bytes"]
     first, last = str(checkpoints[0]), str(checkpoints[-1])
     growth_mib = judged["rss_growth_bytes"] / 2**20

@@ -7,7 +7,7 @@ inference-memory saving (recurrent state against a dense KV cache) are each
 
 Measured twin: both models serve a long context (chunked prefill, then
 greedy decoding) at the largest N the dense Transformer serves here within
-the budget's time limit; the check compares wall time, peak RSS growth and
+the budget's time limit. The check compares wall time, peak RSS growth and
 the real bytes of HydraLM's state against the dense model's KV cache.
 """
 

@@ -1,11 +1,11 @@
 """Claim 5: HydraLM is a drop-in replacement for a dense Transformer.
 
-Reference gate: both models answer the same calls (`model(input_ids)`,
-`labels=`, `init_state`, `step`) with logits of the same shape; the dense
-Transformer matched in shape has between 0.9 and 1.1 times HydraLM's
-parameters; and transformers' `generate` runs HydraLM through the Hugging
-Face adapter (batch 2, 16 prompt tokens, 8 new tokens), giving the same
-greedy tokens as a manual `step` loop.
+Reference gate: both models accept the same calls (`model(input_ids)`,
+`labels=`, `init_state`, `step`) and return logits of the same shape. The
+dense Transformer matched in shape has between 0.9 and 1.1 times HydraLM's
+parameters. transformers' `generate` runs HydraLM through the Hugging Face
+adapter (batch 2, 16 prompt tokens, 8 new tokens) and gives the same greedy
+tokens as a manual `step` loop.
 """
 
 from __future__ import annotations

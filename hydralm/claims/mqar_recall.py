@@ -2,7 +2,7 @@
 
 Reference gate: both models trained from scratch on multi-query associative
 recall (2000 steps, batch 32, seq_len 32, 2 key-value pairs, 1 query,
-vocab 64); the Transformer's accuracy must exceed 0.5 and HydraLM's must be
+vocab 64). The Transformer's accuracy must exceed 0.5, and HydraLM's must be
 at least 0.9 of it. With 2 pairs a model that outputs either stored value
 scores 0.5, so this setting separates little.
 

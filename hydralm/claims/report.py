@@ -33,6 +33,9 @@ def machine_info() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }
+    if hasattr(os, "getloadavg"):
+        # Other processes inflate every wall-clock number; the load average shows by how much.
+        info["load_average_1min"] = round(os.getloadavg()[0], 2)
     try:
         import psutil
 
@@ -78,6 +81,7 @@ def render_markdown(results: list[ClaimResult], meta: dict[str, Any]) -> str:
         f"{machine.get('memory_gib', '?')} GiB, {machine.get('platform', '?')}, "
         f"Python {machine.get('python', '?')}, torch {machine.get('torch', '?')} "
         f"({machine.get('torch_threads', '?')} threads)",
+        f"- Load average (1 min) at the end of the run: {machine.get('load_average_1min', '?')}",
         f"- Result: {passed} of {len(results)} checks PASS",
         "",
         "`analytic` checks evaluate cost formulas; `measured` checks run the models on this machine.",

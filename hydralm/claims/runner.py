@@ -30,7 +30,7 @@ class CheckCancelled(Exception):
 
 @dataclass
 class Verdict:
-    """What a check function returns: its gate, its numbers and the decision."""
+    """Outcome of a check function: its gate, its numbers and the decision."""
 
     passed: bool
     thresholds: dict[str, Any] = field(default_factory=dict)
@@ -95,7 +95,11 @@ def run_check(
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
 ) -> ClaimResult:
-    """Run one check and return its result; this never raises for the check's own errors."""
+    """Run one check and return its result.
+
+    An exception raised by the check becomes a FAIL result carrying the error
+    text. Only an error raised by `progress` after the check ends escapes.
+    """
     ctx = CheckContext(check.name, progress, cancel)
     start = time.perf_counter()
     try:
@@ -109,8 +113,7 @@ def run_check(
         passed, thresholds, measured, notes, summary = False, {}, {}, "cancelled", "cancelled"
     except Exception as error:  # noqa: BLE001 - a failing check becomes a FAIL row, by contract
         logger.warning("check %s raised %s: %s", check.name, type(error).__name__, error)
-        last = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
-        where = f" (at {last.filename.rsplit('/', 1)[-1]}:{last.lineno})" if last else ""
+        where = _error_location(error)
         passed, thresholds, measured = False, {}, {}
         notes = f"error: {type(error).__name__}: {error}{where}"
         summary = f"error: {type(error).__name__}"
@@ -129,6 +132,16 @@ def run_check(
         claim=check.claim,
         summary=summary,
     )
+
+
+def _error_location(error: BaseException) -> str:
+    """Return " (at file.py:line)" for the innermost frame of this project, or "" if none."""
+    frames = traceback.extract_tb(error.__traceback__) if error.__traceback__ else []
+    own = [f for f in frames if "/hydralm/" in f.filename or "/app/" in f.filename] or frames
+    if not own:
+        return ""
+    frame = own[-1]
+    return f" (at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno})"
 
 
 def run_claims(

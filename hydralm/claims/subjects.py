@@ -2,7 +2,7 @@
 
 Claims 1, 3 and 4 use one small HydraLM (a Gated DeltaNet layer and a
 sliding-window attention layer) and the dense Transformer matched to it in
-shape and parameter count; the cost formulas describe the same pair. Claim 2
+shape and parameter count. The cost formulas describe the same pair. Claim 2
 trains a fresh pair per MQAR setting, with a window shorter than the
 sequence so that recall beyond it must come from the DeltaNet state.
 """
