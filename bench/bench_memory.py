@@ -84,7 +84,7 @@ def evaluate(memory: Memory, rows: list[dict]) -> dict:
     )
     threshold = memory.config.fact_threshold
 
-    # The last row of a subject says what it should be at the end.
+    # The last row of a subject gives its expected state at the end.
     final: dict[str, dict] = {}
     for row in rows:
         final[normalize_subject(row["subject"])] = row
@@ -92,12 +92,15 @@ def evaluate(memory: Memory, rows: list[dict]) -> dict:
     counts = dict(questions=0, top1=0, exact_top1=0, cleared=0, overwrite_questions=0, newest=0,
                   forget_questions=0, unknown=0, exact_top5=0, top5=0)
     failures = []
+    target_scores: list[float] = []  # the taught item's score, per question of a live subject
+    forgotten_scores: list[float] = []  # the best fact score, per question of a forgotten subject
     for subject, row in final.items():
         for question in row["questions"]:
             recall = memory.recall(question, k=5)
             if row["kind"] == "forget":
                 counts["forget_questions"] += 1
                 counts["unknown"] += not recall.known
+                forgotten_scores.append(max((i.score for i in recall.items if i.kind == "fact"), default=0.0))
                 continue
             target = live[subject]
             counts["questions"] += 1
@@ -107,6 +110,9 @@ def evaluate(memory: Memory, rows: list[dict]) -> dict:
             counts["top5"] += any(i.kind == "fact" and i.item_id == target.write_id for i in recall.items)
             counts["cleared"] += any(
                 i.kind == "fact" and i.item_id == target.write_id and i.score >= threshold for i in recall.items
+            )
+            target_scores.append(
+                max((i.score for i in recall.items if i.kind == "fact" and i.item_id == target.write_id), default=0.0)
             )
             ranked = exact.search(question, k=5, buckets=semantic_buckets(question) if memory.config.semantic else None)
             counts["exact_top1"] += bool(ranked) and ranked[0][0] == target.write_id
@@ -118,7 +124,17 @@ def evaluate(memory: Memory, rows: list[dict]) -> dict:
                 failures.append({"question": question, "expected": target.subject,
                                  "got": top.subject if top else None, "score": top.score if top else None})
     n = counts["questions"]
+    # The threshold that maximises the smaller of the two rates (taught
+    # questions clearing it, forgotten ones staying below it).
+    sweep = []
+    for step in range(0, 101):
+        t = step / 100
+        cleared = sum(x >= t for x in target_scores) / max(len(target_scores), 1)
+        below = sum(x < t for x in forgotten_scores) / max(len(forgotten_scores), 1)
+        sweep.append((min(cleared, below), t, cleared, below))
+    best = max(sweep)
     return {
+        "best_threshold": {"threshold": best[1], "taught_clear": best[2], "forgotten_below": best[3]},
         "questions": n,
         "top1_state": counts["top1"] / n,
         "top1_exact": counts["exact_top1"] / n,

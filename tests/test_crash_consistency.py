@@ -10,7 +10,7 @@ checkpoints (the checkpoint interval is small on purpose). After every kill:
 - every write the child reported as done is in the log;
 - the state (checkpoint plus replay) equals, bit for bit, a state rebuilt by
   replaying the whole log from empty;
-- the live facts equal what the log's last write of each subject says;
+- the live facts equal the `live_after` of each subject's last log row;
 - an interrupted ingest completes when it is run again.
 
 Each test kills HYDRA_CRASH_KILLS times (default 25, so 50 in all); set it

@@ -4,9 +4,10 @@ Every write (teach, forget, undo, a document's passages) is committed to the
 log first, then applied to the in-memory state as a zero-gradient delta-rule
 update. The state file is a checkpoint: it records the id of the last log row
 it contains, and opening a memory replays the rows after it. So the log is
-the write-ahead log of the state, a crash at any point loses no committed
-write, and replaying the whole log from an empty state rebuilds the state
-bit for bit (the same float operations in the same order).
+the write-ahead log of the state, and a crash at any point loses no
+committed write. Replaying the whole log from an empty state rebuilds the
+state bit for bit, because it runs the same float operations in the same
+order.
 
 The state has two partitions of the same design (`partition.py`): one for
 facts, keyed by the subject, and one for document passages, keyed by the
@@ -55,16 +56,16 @@ MAX_SUBJECT_CHARS = 500
 MAX_VALUE_CHARS = 10_000
 MAX_SOURCE_CHARS = 100
 FACT_OPS = ("teach", "forget", "undo")
-# Ridge of the least-squares re-scoring, in units of a code's squared norm
-# divided by value_dim; small, it only keeps the solve well-posed.
+# Ridge of the least-squares re-scoring, against a code's squared norm of
+# value_dim. It is small and only keeps the solve well-posed.
 REFINE_RIDGE = 10.0
 
 
 @dataclass(frozen=True)
 class MemoryConfig:
-    """Sizes of the state and the recall thresholds.
+    """Sizes of the state, the write rule and the recall thresholds.
 
-    The state holds `fact_key_dim * fact_value_dim + passage_key_dim *
+    The state contains `fact_key_dim * fact_value_dim + passage_key_dim *
     passage_value_dim` float32 numbers plus one float32 count per key slot,
     whatever the number of items written.
     """
@@ -73,7 +74,7 @@ class MemoryConfig:
     fact_value_dim: int = 256
     passage_key_dim: int = 1 << 15
     passage_value_dim: int = 240
-    fact_threshold: float = 0.35
+    fact_threshold: float = 0.15
     passage_threshold: float = 0.15
     checkpoint_every: int = 2000
     # "cleanup" (the default, see partition.py) or "delta", the plain delta
@@ -124,27 +125,45 @@ def _check_text(name: str, text: Any, max_chars: int) -> str:
 
 
 class _LiveItems:
-    """The ids of a partition's live items and, built on demand, their codes."""
+    """The ids of a partition's live items and their codes, kept in step.
+
+    Adding appends a row and removing moves the last row into the gap, so
+    each change costs O(value_dim) and recall never regenerates all codes.
+    """
 
     def __init__(self, value_dim: int, salt: int):
         self.value_dim = value_dim
         self.salt = salt
-        self.ids: dict[int, None] = {}
-        self._codes: tuple[np.ndarray, torch.Tensor] | None = None
+        self.ids: dict[int, int] = {}  # item id -> row in the code matrix
+        self._order: list[int] = []  # row -> item id
+        self._codes = torch.zeros(0, value_dim)  # (capacity, Dv)
 
     def add(self, item_id: int) -> None:
-        self.ids[item_id] = None
-        self._codes = None
+        if item_id in self.ids:
+            return
+        row = len(self._order)
+        if row == self._codes.shape[0]:
+            grown = torch.zeros(max(64, 2 * row), self.value_dim)  # (capacity, Dv)
+            grown[:row] = self._codes[:row]
+            self._codes = grown
+        self._codes[row] = item_codes([item_id], self.value_dim, self.salt)[0]
+        self.ids[item_id] = row
+        self._order.append(item_id)
 
     def discard(self, item_id: int) -> None:
-        self.ids.pop(item_id, None)
-        self._codes = None
+        row = self.ids.pop(item_id, None)
+        if row is None:
+            return
+        last_id = self._order.pop()
+        if last_id != item_id:
+            self._codes[row] = self._codes[len(self._order)]
+            self._order[row] = last_id
+            self.ids[last_id] = row
 
     def codes(self) -> tuple[np.ndarray, torch.Tensor]:
-        if self._codes is None:
-            ids = np.fromiter(self.ids, dtype=np.int64, count=len(self.ids))
-            self._codes = (ids, item_codes(ids, self.value_dim, self.salt))  # (N,), (N, Dv)
-        return self._codes
+        """Return the live ids (N,) and their codes (N, Dv), row for row."""
+        count = len(self._order)
+        return np.asarray(self._order, dtype=np.int64), self._codes[:count]
 
 
 class Memory:
@@ -185,7 +204,7 @@ class Memory:
             config: state sizes; must match those of an existing state file.
 
         Raises:
-            MemoryInUseError: another process holds the memory after `wait`.
+            MemoryInUseError: another process still has the memory open after `wait`.
             StateFileError: the state file is corrupt or foreign (left untouched).
             StorageError: the folder or log cannot be created or opened.
         """
@@ -289,8 +308,8 @@ class Memory:
         """Checkpoint the state to its file atomically.
 
         Raises:
-            StorageError: the file cannot be written; the previous state file
-                and the in-memory state stay usable, and the log still holds
+            StorageError: the file cannot be written. The previous state file
+                and the in-memory state stay usable, and the log still contains
                 every write, so nothing is lost.
         """
         with self._mutex:
@@ -307,7 +326,7 @@ class Memory:
                 self.save()
             except StorageError as error:
                 # The log holds the write, so it is safe; the next save or open retries.
-                logger.warning("state checkpoint failed, the log still holds every write: %s", error)
+                logger.warning("state checkpoint failed; the log still contains every write: %s", error)
 
     def close(self) -> None:
         """Checkpoint the state and release the lock.

@@ -41,7 +41,7 @@ class FeatureWeights:
     bigram: float = 1.0
     pair: float = 1.0
     char: float = 0.1
-    semantic: float = 2.0
+    semantic: float = 3.0
     pair_window: int = 8
     char_min: int = 3
     char_max: int = 5

@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 import sqlite_utils
 
+from app.memory.errors import MemoryError_
+
 logger = logging.getLogger(__name__)
 
 
@@ -108,8 +110,8 @@ def migrate(db: sqlite_utils.Database) -> list[int]:
     """Apply every migration `db` has not recorded yet; return the numbers applied.
 
     Raises:
-        RuntimeError: the database records a migration newer than this code knows,
-            which means a newer hydra-chat wrote it.
+        MemoryError_: the database records a migration that this code does not
+            have, which means a newer hydra-chat wrote it.
     """
     conn = db.conn
     conn.execute(
@@ -119,9 +121,9 @@ def migrate(db: sqlite_utils.Database) -> list[int]:
     known = {number for number, _, _ in MIGRATIONS}
     newer = sorted(done - known)
     if newer:
-        raise RuntimeError(
-            f"the memory log records schema migration {newer[-1]}, newer than this hydra-chat "
-            f"knows (up to {max(known)}); upgrade hydra-chat to open it"
+        raise MemoryError_(
+            f"the memory log records schema migration {newer[-1]}, but this hydra-chat only has "
+            f"migrations up to {max(known)}; upgrade hydra-chat to open it"
         )
     applied = []
     for number, name, apply in MIGRATIONS:

@@ -2,7 +2,7 @@
 
 The matrix `S` has shape (key_dim, value_dim). Every write is a delta-rule
 update under a unit key `k`, S <- S + k (v - v_hat)^T, with one of two
-estimates `v_hat` of what `k` holds now:
+estimates `v_hat` of what `k` reads now:
 
 - `erase` (forget): v = 0 and v_hat = S^T k, the plain delta rule, so
   afterwards S^T k == 0 exactly. Everything the key read is removed, the
@@ -139,7 +139,7 @@ class DeltaRulePartition:
 
         Args:
             previous: the code stored under this key before (shape
-                (value_dim,)), or None for a key that holds nothing yet.
+                (value_dim,)), or None for a new key.
         """
         index, weight = key
         rows = self.matrix[index].double()  # (n, V)

@@ -2,9 +2,9 @@
 
 Lexical features cannot tell "How do I call Uma Tanaka?" from a question about
 Uma Tanaka's allergy; a sentence encoder can. Its dense 384-dim embedding
-cannot key a delta-rule state directly (dense keys are far from orthogonal,
-so a state keyed by them recalls 0.06 top-1 on the evaluation facts), so each
-embedding becomes `tables` sparse features by random-hyperplane hashing
+cannot key a delta-rule state directly, because dense keys of many subjects
+are far from orthogonal and a 384-row matrix stores at most 384 independent
+associations. So each embedding becomes `tables` sparse features by random-hyperplane hashing
 (SimHash): every table takes the sign pattern of `bits` projections as a
 bucket id. Two texts share a table's bucket with probability
 (1 - angle / pi) ** bits, a sharp kernel of their cosine, and the buckets are
