@@ -49,7 +49,8 @@ def assert_consistent(memory: Memory) -> None:
         "SELECT DISTINCT path FROM passages WHERE removed_by IS NULL"
     ).fetchall()
     for (path,) in orphans:
-        assert path in recorded and recorded[path].status == "ingested", path
+        assert path in recorded, path
+        assert recorded[path].status == "ingested", path
 
 
 @pytest.fixture

@@ -93,6 +93,7 @@ class PdfWorker:
             except OSError as error:
                 self._stop()
                 raise PdfError("PDF parser process stopped unexpectedly") from error
+            # NOTE: select() on a pipe works on Linux and macOS, not on Windows.
             ready, _, _ = select.select([process.stdout], [], [], max(timeout_s, 0.0))
             if not ready:
                 self._stop()
