@@ -50,8 +50,9 @@ def test_hidden_and_vcs_folders_are_skipped(tmp_path):
         (tmp_path / folder / "inside.txt").write_text("x")
     (tmp_path / ".hidden.md").write_text("x")
     (tmp_path / "visible.md").write_text("x")
+    (tmp_path / "CVS").write_text("a file, not the CVS folder")
     files, skipped = walk(tmp_path)
-    assert list(files) == ["visible.md"]
+    assert list(files) == ["CVS", "visible.md"]
     assert skipped == {}
 
 

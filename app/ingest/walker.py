@@ -59,8 +59,8 @@ class SkippedFile:
 
 
 def is_hidden(name: str) -> bool:
-    """Return True for names that the walk skips silently."""
-    return name.startswith(".") or name in SKIPPED_DIR_NAMES
+    """Return True for hidden names (a leading dot), which the walk skips silently."""
+    return name.startswith(".")
 
 
 def walk_folder(
@@ -138,6 +138,8 @@ def _classify(
         return SkippedFile(path, 0, 0.0, f"unreadable: {error.strerror or error}")
 
     if stat.S_ISDIR(info.st_mode):
+        if entry.name in SKIPPED_DIR_NAMES:
+            return None
         key = (info.st_dev, info.st_ino)
         if key in visited:
             logger.info("not following %s: it leads to a folder already visited (symlink loop)", path)
