@@ -1,6 +1,6 @@
 """Export a memory into one tar archive, and import it back.
 
-The archive holds `manifest.json` (format, version, the SHA-256 and size of
+The archive contains `manifest.json` (format, version, the SHA-256 and size of
 every member), the state file, a consistent copy of the SQLite log (made with
 SQLite's backup API, so a live WAL is included) and the chat state when there
 is one. Import checks every member before it touches the target folder and

@@ -11,9 +11,9 @@ order.
 
 The state has two partitions of the same design (`partition.py`): one for
 facts, keyed by the subject, and one for document passages, keyed by the
-passage text. Values are ±1 codes of the item ids (`codes.py`); recall reads
+passage text. Values are ±1 codes of the item ids (`codes.py`). Recall reads
 the state with the question's key and decodes by clean-up against the codes
-of the live items, whose texts and provenance come from SQLite.
+of the live items. Their texts and provenance come from SQLite.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from app.memory.errors import MemoryError_, StateFileError, StorageError, UndoEr
 from app.memory.features import FACT_WEIGHTS, PASSAGE_WEIGHTS, content_words
 from app.memory.lock import MemoryLock
 from app.memory.partition import DeltaRulePartition
-from app.memory.semantic import semantic_buckets
+from app.memory.semantic import get_encoder, semantic_buckets
 from app.memory.records import (
     DocumentRecord,
     Fact,
@@ -166,6 +166,14 @@ class _LiveItems:
         return np.asarray(self._order, dtype=np.int64), self._codes[:count]
 
 
+def _warm_up_encoder() -> None:
+    try:
+        get_encoder()
+    except MemoryError_ as error:
+        # The first write or question raises the same error to its caller.
+        logger.warning("sentence encoder not loaded: %s", error)
+
+
 class Memory:
     """One user's memory: state, log, lock. Open it with `Memory.open()`.
 
@@ -185,6 +193,10 @@ class Memory:
         except OSError as error:
             raise StorageError(f"cannot create the memory folder {self.data_dir}: {error.strerror}") from error
         self._lock = MemoryLock(self.data_dir, wait=wait)
+        if config.semantic:
+            # Load the sentence encoder in the background, so that the first
+            # teach or question does not wait seconds for it.
+            threading.Thread(target=_warm_up_encoder, name="encoder-warm-up", daemon=True).start()
         try:
             self.db = store.open_database(self.data_dir)
             self._init_state()
@@ -325,7 +337,7 @@ class Memory:
             try:
                 self.save()
             except StorageError as error:
-                # The log holds the write, so it is safe; the next save or open retries.
+                # The log contains the write, so it is safe. The next save or open retries.
                 logger.warning("state checkpoint failed; the log still contains every write: %s", error)
 
     def close(self) -> None:
@@ -496,7 +508,7 @@ class Memory:
         """Erase `subject` from the state with a zero delta-rule write.
 
         Raises:
-            UnknownSubjectError: memory holds no live fact about `subject`.
+            UnknownSubjectError: memory has no live fact about `subject`.
             StorageError: the log cannot be written; memory is unchanged.
         """
         subject = _check_text("subject", subject, MAX_SUBJECT_CHARS)
@@ -596,14 +608,14 @@ class Memory:
             return []
         readout = partition.read(key)  # (Dv,) float64
         ids, codes = live.codes()  # (N,), (N, Dv)
-        scores = (codes.double() @ readout / partition.value_dim)  # (N,)
+        scores = codes @ readout.float() / partition.value_dim  # (N,)
         m = min(self.config.refine_top, len(ids))
         if m > 1:
             top = torch.topk(scores, m).indices  # (m,)
             candidates = codes[top].double()  # (m, Dv)
             gram = candidates @ candidates.T + REFINE_RIDGE * torch.eye(m, dtype=torch.float64)  # (m, m)
-            scores = scores.clone()
-            scores[top] = torch.linalg.solve(gram, candidates @ readout) * (1.0 + REFINE_RIDGE / partition.value_dim)
+            refined = torch.linalg.solve(gram, candidates @ readout) * (1.0 + REFINE_RIDGE / partition.value_dim)
+            scores[top] = refined.float()
         top = torch.topk(scores, min(k, len(ids)))
         return [(int(ids[i]), float(s)) for s, i in zip(top.values, top.indices)]
 

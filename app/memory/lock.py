@@ -2,7 +2,7 @@
 
 The lock is `flock` on a `lock` file inside the folder. The kernel drops it
 when the holding process exits, however it exits, so a lock left behind by a
-killed process never blocks anyone: the file only keeps that process's pid,
+killed process never blocks anyone. The file only keeps that process's pid,
 which the next owner overwrites and logs as a cleared stale lock. A clean
 release empties the file.
 """

@@ -57,7 +57,7 @@ class MemoryItem:
     """One recalled item.
 
     `score` is the clean-up score: about 1.0 when the question's key equals
-    the item's key, near 0 for unrelated items. `origin` says where the item
+    the item's key, near 0 for unrelated items. `origin` names where the item
     came from ("taught 2026-12-04 via cli", or "notes/a.md:1234" for the
     passage starting at character 1234 of the extracted text).
     """
