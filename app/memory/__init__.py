@@ -21,10 +21,12 @@ from app.memory.errors import (
 )
 from app.memory.parser import parse_statement
 from app.memory.records import DocumentRecord, Fact, MemoryItem, MemoryStats, Recall, WriteRecord
+from app.memory.semantic import EncoderUnavailableError
 
 __all__ = [
     "ArchiveError",
     "DocumentRecord",
+    "EncoderUnavailableError",
     "Fact",
     "Memory",
     "MemoryConfig",
