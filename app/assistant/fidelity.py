@@ -143,14 +143,14 @@ def entity_mismatch(question: str, subject: str) -> bool:
     not contain. A question without such tokens ("what is my locker code?")
     never mismatches, so the engine's score alone decides for it.
     """
-    asked = entity_tokens(question)
-    if not asked:
+    question_names = entity_tokens(question)
+    if not question_names:
         return False
     subject_words = {
         _strip_possessive(word).casefold()
         for word in re.findall(r"[\w][\w'\-.]*[\w]|\w", subject)
     }
-    return not asked <= subject_words
+    return not question_names <= subject_words
 
 
 def is_memory_question(message: str) -> bool:

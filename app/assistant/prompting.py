@@ -122,5 +122,9 @@ def best_sentence(text: str, question: str) -> str:
     sentences = [part.strip() for part in re.split(r"(?<=[.!?])\s+|\n+", text) if part.strip()]
     if not sentences:
         return text.strip()
-    asked = set(re.findall(r"\w+", question.casefold()))
-    return max(sentences, key=lambda sentence: len(asked & set(re.findall(r"\w+", sentence.casefold()))))
+    question_words = set(re.findall(r"\w+", question.casefold()))
+
+    def overlap(sentence: str) -> int:
+        return len(question_words & set(re.findall(r"\w+", sentence.casefold())))
+
+    return max(sentences, key=overlap)
