@@ -81,16 +81,16 @@ async def test_teach_overwrite_undo_forget_from_forms(memory):
         assert [record.value for record in history] == ["4312", "5521"]
         await wait_for(pilot, lambda: len(table_rows(screen, "#history")) == 2, what="two history rows")
 
-        # Undo the overwrite selected in the history table.
+        # Undo the overwrite, the last row of the history table.
         await pilot.click("#history")
-        await pilot.press("end")
+        await pilot.press("down")
         await pilot.press("u")
         await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the undo confirmation")
         assert f"Undo write {history[1].write_id}" in app.screen.question
         await pilot.press("y")
         await wait_for(pilot, lambda: fact_values(screen).get("locker code") == "4312", what="the undone value")
 
-        # Forget: "n" keeps the fact, "y" forgets it.
+        # Forget: "n" keeps the fact and "y" removes it.
         await pilot.click("#facts")
         await pilot.press("f")
         await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the forget confirmation")

@@ -30,7 +30,7 @@ class MissingPart(Exception):
 
 @dataclass(frozen=True)
 class StatusInfo:
-    """What the status bar shows on every screen."""
+    """Device, model and memory numbers for the status bar on every screen."""
 
     device: str = "-"
     dtype: str = "-"
@@ -70,10 +70,10 @@ def import_part(module: str, what: str) -> Any:
 class Services:
     """Memory, chat model and assistant, shared by every screen.
 
-    Parts passed to the constructor are used as they are (tests pass a real
-    engine on a temporary folder and a tiny HydraLM); the others are opened
-    on first use. `chat_ready` is set once the chat model is loaded or has
-    failed to load, so answer workers can wait for it.
+    Parts passed to the constructor are used as they are, which is how tests
+    pass a real engine on a temporary folder. The others are opened on first
+    use. `chat_ready` is set once the chat model is loaded or has failed to
+    load, so answer workers can wait for it.
     """
 
     def __init__(
@@ -142,7 +142,7 @@ class Services:
     # -- chat model ---------------------------------------------------------
 
     def chat_model_prepared(self) -> bool:
-        """Whether the default chat model's converted checkpoint exists (no first-run step needed)."""
+        """Return whether the default chat model is converted already, so no first-run step is needed."""
         if self.chat_model is not None or self.assistant is not None:
             return True
         chat_module = import_part("app.chat_model", "The chat model")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import threading
@@ -147,14 +146,12 @@ class DiagnosticsScreen(Screen):
     def run_checks(self, budget: str, cancel: threading.Event) -> None:
         started = time.perf_counter()
         try:
+            library = import_part("hydralm.claims", "The claim checks")
             selected = self.app.claim_checks
             if selected is None:
-                run_claims = _run_claims_function()
-                self._check_names = _default_check_names()
-            else:
-                library = import_part("hydralm.claims", "The claim checks")
-                run_claims = functools.partial(library.run_claims, checks=selected)
-                self._check_names = [check.name for check in sorted(selected, key=lambda check: check.claim)]
+                selected = library.default_checks() + _app_checks(self.app.services.device or "auto")
+            ordered = sorted(selected, key=lambda check: check.claim)
+            self._check_names = [check.name for check in ordered]
 
             def progress(name: str, fraction: float, text: str) -> None:
                 self.post_message(self.Progress(name, fraction, text))
@@ -162,7 +159,7 @@ class DiagnosticsScreen(Screen):
             def on_result(result: Any) -> None:
                 self.post_message(self.CheckFinished(result))
 
-            results = run_claims(budget, progress=progress, cancel=cancel, on_result=on_result)
+            results = library.run_claims(budget, progress=progress, cancel=cancel, on_result=on_result, checks=ordered)
             curve = {} if cancel.is_set() else recall_curve(results)
         except Exception as error:  # noqa: BLE001 - checks never raise; this is a missing or broken library
             self.post_message(self.RunFinished(0.0, {}, error_text(error)))
@@ -312,21 +309,13 @@ class DiagnosticsScreen(Screen):
         self.notify(f"Report written to {Path(path).resolve()}")
 
 
-def _run_claims_function():
-    """Return the app's `run_claims` (with the chat-model twins) or the library's."""
+def _app_checks(device: str) -> list[Any]:
+    """Return the product's twins of the claims (memory engine, chat model), or none when missing."""
     try:
         diagnostics = import_part("app.diagnostics", "The diagnostics")
-        run = getattr(diagnostics, "run_claims", None)
-        if run is not None:
-            return run
     except MissingPart:
-        pass
-    return import_part("hydralm.claims", "The claim checks").run_claims
-
-
-def _default_check_names() -> list[str]:
-    claims = import_part("hydralm.claims", "The claim checks")
-    return [check.name for check in sorted(claims.default_checks(), key=lambda check: check.claim)]
+        return []
+    return diagnostics.app_checks(device)
 
 
 def cost_series(results: list[Any]) -> dict[str, Any]:

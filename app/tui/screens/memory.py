@@ -40,9 +40,9 @@ class MemoryScreen(Screen):
     |--------|--------|
     | /      | Search facts by subject or value. |
     | t      | Teach a new fact. |
-    | o      | Overwrite the selected fact. |
-    | f      | Forget the selected fact (asks first). |
-    | u      | Undo the write selected in the history, or the fact's latest write (asks first). |
+    | o      | Overwrite the selected fact, after a confirmation. |
+    | f      | Forget the selected fact, after a confirmation. |
+    | u      | Undo the write selected in the history, after a confirmation. |
     | r      | Reload the facts. |
     """
 
@@ -133,7 +133,7 @@ class MemoryScreen(Screen):
         self.query_one("#facts", DataTable).focus()
 
     def selected_subject(self) -> str | None:
-        """The subject of the highlighted fact, or None when the table is empty."""
+        """Return the subject of the highlighted fact, or None when the table is empty."""
         table = self.query_one("#facts", DataTable)
         if table.row_count == 0:
             return None
