@@ -18,6 +18,12 @@ logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 
+# Tokens per segment of a long forward call. With the model of
+# bench/bench_model.py on a shared 2-core CPU, one 65,536-token call in one
+# piece took about 2.5x as long as a 32,768-token call; segments keep the
+# cost per token flat.
+SEGMENT_SIZE = 8192
+
 
 @dataclass
 class HydraOutput:
@@ -27,7 +33,8 @@ class HydraOutput:
         logits: (B, T, V), or (B, logits_to_keep, V) when only the last ones were asked for.
         state: the state after the input; pass it to the next call.
         loss: mean shifted cross-entropy over labels != -100, when labels were given.
-        last_hidden_state: (B, T, C) output of the final norm.
+        last_hidden_state: (B, T, C) output of the final norm, or only its last
+            logits_to_keep positions when those were asked for.
     """
 
     logits: torch.Tensor
@@ -71,8 +78,13 @@ class HydraModel(nn.Module):
         input_ids: torch.Tensor,
         state: HydraState | None = None,
         attention_mask: torch.Tensor | None = None,
+        hidden_to_keep: int = 0,
     ) -> tuple[torch.Tensor, HydraState]:
-        """Run input_ids (B, T) from `state`; return hidden states (B, T, C) and the new state."""
+        """Run input_ids (B, T) from `state`; return hidden states and the new state.
+
+        The hidden states are (B, T, C), or (B, hidden_to_keep, C) for the last
+        positions only when hidden_to_keep > 0.
+        """
         B, T = check_input_ids(input_ids, self.config.vocab_size)
         if state is None:
             state = self.init_state(B, device=input_ids.device)
@@ -88,16 +100,30 @@ class HydraModel(nn.Module):
         else:
             positions = past_length[:, None] + torch.arange(T, device=input_ids.device)  # (B, T)
 
-        hidden_states = self.embed_tokens(input_ids.long())  # (B, T, C)
-        new_layers = []
-        for layer, layer_state in zip(self.layers, state.layers):
-            hidden_states, layer_state = layer(
-                hidden_states, layer_state, positions, mask, past_length, padded
-            )
-            new_layers.append(layer_state)
-        hidden_states = self.norm(hidden_states)
+        # Long inputs run in segments that thread the state, as a caller
+        # streaming them would: the result is the same, and the working set
+        # per token (activations, score blocks) stays the same for any T.
+        layer_states = state.layers
+        outputs = []
+        for start in range(0, T, SEGMENT_SIZE):
+            end = min(start + SEGMENT_SIZE, T)
+            segment_past = past_length if start == 0 else past_length + mask[:, :start].sum(dim=1)
+            hidden_states = self.embed_tokens(input_ids[:, start:end].long())  # (B, T_seg, C)
+            new_layers = []
+            for layer, layer_state in zip(self.layers, layer_states):
+                hidden_states, layer_state = layer(
+                    hidden_states, layer_state, positions[:, start:end], mask[:, start:end], segment_past, padded
+                )
+                new_layers.append(layer_state)
+            layer_states = new_layers
+            outputs.append(self.norm(hidden_states))
+            if hidden_to_keep and len(outputs) > 1:
+                outputs = [torch.cat(outputs, dim=1)[:, -hidden_to_keep:]]
+        hidden_states = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)  # (B, T, C)
+        if hidden_to_keep:
+            hidden_states = hidden_states[:, -hidden_to_keep:]
         new_position = past_length + mask.sum(dim=1)
-        return hidden_states, HydraState(new_layers, new_position, state.config_fingerprint)
+        return hidden_states, HydraState(layer_states, new_position, state.config_fingerprint)
 
 
 class HydraLM(nn.Module):
@@ -161,7 +187,8 @@ class HydraLM(nn.Module):
             state: state from an earlier call, or None to start fresh.
             attention_mask: (B, T) 1 at real tokens, 0 at padding. Padded
                 tokens are skipped wherever they sit: they never change the
-                state or the positions of the real tokens.
+                state or the positions of the real tokens. Logits at padded
+                positions are unspecified.
             labels: (B, T) targets; position t predicts labels[:, t + 1];
                 -100 is ignored.
             logits_to_keep: 0 for all logits, k > 0 for the last k only
@@ -179,9 +206,10 @@ class HydraLM(nn.Module):
                 shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
                 raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {shape}")
 
-        hidden_states, new_state = self.model(input_ids, state=state, attention_mask=attention_mask)
-        kept = hidden_states[:, -logits_to_keep:] if logits_to_keep else hidden_states
-        logits = F.linear(kept, self.output_weight)  # (B, T, V)
+        hidden_states, new_state = self.model(
+            input_ids, state=state, attention_mask=attention_mask, hidden_to_keep=logits_to_keep
+        )
+        logits = F.linear(hidden_states, self.output_weight)  # (B, T, V)
 
         loss = None
         if labels is not None:

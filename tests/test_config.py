@@ -25,7 +25,8 @@ def test_smollm2_architecture():
     assert (config.vocab_size, config.hidden_size, config.num_hidden_layers) == (49152, 576, 30)
     assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (9, 3, 64)
     assert config.layer_types == ["swa"] * 30
-    assert config.tie_word_embeddings and not config.attention_bias
+    assert config.tie_word_embeddings
+    assert not config.attention_bias
     assert config.num_key_value_groups == 3
 
 

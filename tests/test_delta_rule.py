@@ -41,7 +41,8 @@ def test_chunk_matches_recurrent(T, gate):
     o_ref, state_ref = recurrent_gated_delta_rule(q, k, v, beta, g, initial_state)
     o, state = chunk_gated_delta_rule(q, k, v, beta, g, initial_state, chunk_size=64)
 
-    assert torch.isfinite(o).all() and torch.isfinite(state).all()
+    assert torch.isfinite(o).all()
+    assert torch.isfinite(state).all()
     assert relative_error(o, o_ref) < RELATIVE_TOLERANCE
     assert relative_error(state, state_ref) < RELATIVE_TOLERANCE
 

@@ -124,7 +124,8 @@ def test_errors_leave_state_untouched(model):
 def test_select_device_on_cpu_machine(monkeypatch):
     monkeypatch.delenv("HYDRA_DEVICE", raising=False)
     device, dtype = select_device("cpu")
-    assert device.type == "cpu" and dtype == torch.float32
+    assert device.type == "cpu"
+    assert dtype == torch.float32
     device, _ = select_device("auto")
     assert device.type == available_devices()[0]
     monkeypatch.setenv("HYDRA_DEVICE", "cpu")
@@ -146,4 +147,5 @@ def test_select_device_prefers_cuda_with_bfloat16(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
     device, dtype = select_device()
-    assert device.type == "cuda" and dtype == torch.bfloat16
+    assert device.type == "cuda"
+    assert dtype == torch.bfloat16

@@ -157,3 +157,30 @@ def test_bfloat16_model_runs_and_streams():
     assert whole.state.layers[3].window_keys.dtype == torch.bfloat16
     assert whole.state.nbytes() == state_bytes(model.config, 1, torch.bfloat16)
     assert (rest.logits[:, -1].float() - whole.logits[:, -1].float()).abs().max() < 0.1
+
+
+def test_load_rejects_other_format_version(model, tmp_path):
+    from safetensors.torch import save_file
+
+    state = model.init_state(1)
+    path = tmp_path / "future.safetensors"
+    metadata = {
+        "format": "hydralm-state",
+        "version": "99",
+        "config_fingerprint": state.config_fingerprint,
+        "layer_types": "[]",
+    }
+    save_file(dict(state.tensors()), str(path), metadata=metadata)
+    with pytest.raises(ValueError, match="state format version '99'"):
+        HydraState.load(path, model.config)
+
+
+def test_from_tensors_rejects_extra_tensor_and_bad_position(model):
+    tensors = dict(model.init_state(1).tensors())
+    tensors["layers.9.recurrent"] = torch.zeros(1)
+    with pytest.raises(ValueError, match=r"unexpected tensors \['layers.9.recurrent'\]"):
+        HydraState.from_tensors(tensors, model.config)
+    tensors = dict(model.init_state(1).tensors())
+    tensors["position"] = torch.zeros(1, dtype=torch.int32)
+    with pytest.raises(ValueError, match="'position' must be a 1-D int64 tensor"):
+        HydraState.from_tensors(tensors, model.config)

@@ -214,3 +214,27 @@ def test_padding_anywhere_is_skipped():
     assert (actual.logits[mask] - expected.logits[0]).abs().max() < TOLERANCE
     for name, tensor in expected.state.tensors().items():
         assert (actual.state.tensors()[name].float() - tensor.float()).abs().max() < TOLERANCE, name
+
+
+def test_long_call_runs_in_segments(monkeypatch):
+    # Shrink the segment so a short input crosses two boundaries; padding
+    # inside the input checks the positions handed to later segments.
+    import hydralm.model
+
+    monkeypatch.setattr(hydralm.model, "SEGMENT_SIZE", 16)
+    config = tiny_config()
+    model = make_model(config)
+    input_ids = torch.randint(0, config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(9))
+    mask = torch.ones(2, 40, dtype=torch.long)
+    mask[1, :5] = 0
+    with torch.no_grad():
+        segmented = model(input_ids, attention_mask=mask)
+        last = model(input_ids, attention_mask=mask, logits_to_keep=3)
+        monkeypatch.setattr(hydralm.model, "SEGMENT_SIZE", 8192)
+        whole = model(input_ids, attention_mask=mask)
+    real = mask.bool()  # outputs at pads are unspecified
+    assert (segmented.logits[real] - whole.logits[real]).abs().max() < TOLERANCE
+    assert (last.logits - whole.logits[:, -3:]).abs().max() < TOLERANCE
+    assert last.last_hidden_state.shape == (2, 3, config.hidden_size)
+    for name, tensor in whole.state.tensors().items():
+        assert (segmented.state.tensors()[name].float() - tensor.float()).abs().max() < TOLERANCE, name
