@@ -110,9 +110,14 @@ def _read_header(path: Path, data: bytes) -> dict:
     if header_len > MAX_HEADER_BYTES or 8 + header_len > len(data):
         raise StateFileError(str(path), "the header length is invalid (truncated or not a safetensors file)")
     try:
-        return json.loads(data[8 : 8 + header_len])
+        header = json.loads(data[8 : 8 + header_len])
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise StateFileError(str(path), f"the header is not valid JSON ({error})") from error
+    except RecursionError as error:
+        raise StateFileError(str(path), "the header is JSON nested too deeply to be a state file") from error
+    if not isinstance(header, dict):
+        raise StateFileError(str(path), f"the header is a JSON {type(header).__name__}, not an object")
+    return header
 
 
 def load_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
