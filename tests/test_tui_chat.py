@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from textual.widgets import Footer
 
 from app.tui.app import HydraChatApp
 from app.tui.screens.chat import ChatScreen
@@ -149,6 +150,9 @@ async def test_status_bar_counts_facts_and_tokens(memory, chat_model):
         bar = app.screen.query_one(StatusBar)
         await wait_for(pilot, lambda: "0 facts" in str(bar.render()), timeout=10, what="the first status")
         text = str(bar.render())
+        footer = app.screen.query_one(Footer)
+        assert bar.region.height == 1
+        assert bar.region.bottom <= footer.region.y, "the footer covers the status bar"
         assert "SmolLM2-135M-Instruct" in text
         assert "cpu float32" in text
         state = memory.stats().state_bytes
@@ -207,3 +211,36 @@ async def test_question_without_chat_model_shows_error(memory):
         error = await wait_for_note(pilot, app, "No chat model")
         assert "Fix:" in error.text
         assert messages(app, "assistant") == [], "an empty answer was left in the conversation"
+
+
+async def test_app_loads_default_model_itself(tmp_path, chat_model):
+    # `chat_model` is only requested so the module's model load happens first
+    # and this test measures the app's own start-up path: open memory, load.
+    from app.tui.screens.error import ErrorScreen
+
+    app = HydraChatApp(data_dir=tmp_path / "memory", device="cpu")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, app.ready.is_set, timeout=180, what="start-up")
+        await pilot.pause(0.2)
+        assert app.services.chat_error is None, app.services.chat_error
+        assert not isinstance(app.screen, ErrorScreen)
+        bar = app.screen.query_one(StatusBar)
+        await wait_for(pilot, lambda: "SmolLM2-135M-Instruct" in str(bar.render()), timeout=10, what="the model name")
+
+
+async def test_memory_in_use_shows_error_screen(tmp_path):
+    from app.tui.screens.error import ErrorScreen
+
+    with memory_module.Memory.open(data_dir=tmp_path / "memory"):
+        app = HydraChatApp(data_dir=tmp_path / "memory", load_chat_model=False)
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, ErrorScreen), timeout=30, what="the error screen")
+            screen = app.screen
+            assert screen.title_text == "Memory in use"
+            assert "memory in use by pid" in screen.message
+            assert "close the other hydra-chat" in screen.fix
+            await pilot.press("c")
+            assert isinstance(app.screen, ChatScreen), "Continue did not return to the chat"
+            await type_line(pilot, "/facts")
+            error = await wait_for_note(pilot, app, "Could not list facts")
+            assert "memory failed to open" in error.text

@@ -104,6 +104,10 @@ class Services:
         with self._lock:
             if self.memory is not None:
                 return self.memory
+            # NOTE: with transformers 5.25, importing hydralm after the memory
+            # engine has loaded its sentence encoder fails with "cannot import
+            # name 'AutoConfig'", so the model library is imported first.
+            import_part("hydralm", "The model library")
             memory_module = import_part("app.memory", "The memory engine")
             if not hasattr(memory_module, "Memory"):
                 raise MissingPart(
