@@ -107,14 +107,16 @@ def test_diagnostics_unwritable_output_rejected_before_work(capsys, tmp_path):
     started = time.perf_counter()
     code, _, err = run_cli(capsys, "diagnostics", "--out", str(tmp_path / "missing" / "RESULTS.md"))
     assert code == 2
-    assert "does not exist" in err and "missing" in err
+    assert "does not exist" in err
+    assert "missing" in err
     assert time.perf_counter() - started < 5, "the path check ran after the claims"
 
 
 def test_import_missing_archive(capsys, tmp_path):
     code, _, err = run_cli(capsys, "import", str(tmp_path / "nothing.tar"))
     assert code == 1
-    assert "archive not found" in err and "nothing.tar" in err
+    assert "archive not found" in err
+    assert "nothing.tar" in err
 
 
 def test_console_script_runs_as_a_process():
@@ -215,7 +217,7 @@ def test_data_dir_option_moves_the_memory(capsys, tmp_path):
 
 
 @needs_memory
-def test_data_dir_that_is_a_file_is_usage_error(capsys, tmp_path):
+def test_data_dir_file_is_usage_error(capsys, tmp_path):
     file = tmp_path / "memory.txt"
     file.write_text("not a folder")
     code, _, err = run_cli(capsys, "--data-dir", str(file), "facts")

@@ -21,6 +21,9 @@ from app.tui.widgets.status_bar import StatusBar
 
 logger = logging.getLogger(__name__)
 
+HISTORY_TURNS = 4
+"""Earlier question-and-answer pairs the assistant sees; the model's window is small."""
+
 SLASH_COMMANDS = {
     "/teach": "`/teach SUBJECT = VALUE` or `/teach my locker code is 4312`: teach or overwrite a fact",
     "/forget": "`/forget SUBJECT`: forget a fact (`/undo` reverts it)",
@@ -69,6 +72,8 @@ class ChatScreen(Screen):
         super().__init__(**kwargs)
         self.cancel_answer: threading.Event | None = None
         """Set to stop the running answer; None when no answer runs."""
+        self.turns: list[tuple[str, str]] = []
+        """Earlier (role, text) turns, given to the assistant for open conversation."""
 
     def on_unmount(self) -> None:
         # Stop the background work when the app closes, so the process can exit.
@@ -235,21 +240,25 @@ class ChatScreen(Screen):
         await self.add_message("user", question)
         target = await self.add_message("assistant")
         self.cancel_answer = threading.Event()
-        self.generate_answer(question, target, self.cancel_answer)
+        history = list(self.turns[-2 * HISTORY_TURNS :])
+        self.turns.append(("user", question))
+        self.generate_answer(question, history, target, self.cancel_answer)
 
     @work(thread=True, group="answer")
-    def generate_answer(self, question: str, target: ChatMessage, cancel: threading.Event) -> None:
+    def generate_answer(
+        self, question: str, history: list[tuple[str, str]], target: ChatMessage, cancel: threading.Event
+    ) -> None:
         def on_token(text: str) -> None:
             self.post_message(self.Token(target, text))
 
         answer, error = None, None
         try:
             assistant = self.app.services.require_assistant()
-            answer = assistant.answer(question, on_token=on_token, cancel=cancel)
+            answer = assistant.answer(question, history=history, on_token=on_token, cancel=cancel)
         except MissingPart as missing:
             error = f"{missing.title}: {missing.message}. Fix: {missing.fix}."
         except Exception as failure:  # noqa: BLE001 - any failure is shown in the conversation
-            logger.exception("answer failed")
+            logger.exception("generating the answer failed")
             error = f"The answer failed: {type(failure).__name__}: {failure}"
         self.post_message(self.AnswerDone(target, answer, cancel.is_set(), error))
 
@@ -266,6 +275,7 @@ class ChatScreen(Screen):
             await self.add_message("error", event.error)
             return
         answer = event.answer
+        self.turns.append(("assistant", answer.text))
         await event.target.finish(answer.text, answer.sources, bool(answer.known), stopped=event.stopped)
         self.app.refresh_status()
 

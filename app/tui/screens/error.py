@@ -12,7 +12,7 @@ from textual.widgets import Button, Label, Static
 
 
 class ErrorScreen(Screen[bool]):
-    """What failed, why, and how to fix it; dismisses with True to continue without that part.
+    """A failure, its reason and its fix; dismisses with True to continue without the failed part.
 
     | Key | Action |
     |-----|--------|

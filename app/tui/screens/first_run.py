@@ -1,4 +1,4 @@
-"""The first-run screen: prepares the default chat model once and says what is happening."""
+"""The first-run screen: prepares the default chat model once and explains each step."""
 
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ checkpoint directly, in a few seconds.
 class FirstRunScreen(Screen[bool]):
     """Explain and run the one-time model preparation; dismiss with True when it succeeded.
 
-    A failure dismisses with False after the app has been told the reason
-    through `Services.chat_error`.
+    A failure dismisses with False after storing the reason in
+    `Services.chat_error`.
     """
 
     class Step(Message):
