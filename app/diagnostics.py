@@ -99,7 +99,7 @@ class ChatModelLoader:
 
 def check_chat_state(budget: Budget, ctx: CheckContext, *, loader: ChatModelLoader) -> Verdict:
     """Stream tokens past the chat model's window and check its state bytes and RSS stay flat."""
-    from hydralm.claims.constant_state import stream_verdict, judge_stream, stream_and_measure
+    from hydralm.claims.constant_state import judge_stream, stream_and_measure, stream_verdict
 
     ctx.step(0.0, "loading the default chat model")
     chat = loader.get(budget.chat_window)
@@ -134,8 +134,10 @@ def check_chat_drop_in(budget: Budget, ctx: CheckContext, *, loader: ChatModelLo
     from app.chat_model import find_gguf
     from hydralm.claims.drop_in import greedy_by_steps, hf_generate, parameter_count
 
+    # The budget's window (if any) changes nothing here, because the prompt is
+    # shorter than any window; sharing it saves a second load.
     ctx.step(0.0, "loading the default chat model")
-    chat = loader.get()
+    chat = loader.get(budget.chat_window)
     model = chat.model
     gguf_path = find_gguf()
     ctx.step(0.3, "counting the GGUF weights")

@@ -86,6 +86,10 @@ def render_markdown(results: list[ClaimResult], meta: dict[str, Any]) -> str:
         "",
         "`analytic` checks evaluate cost formulas; `measured` checks run the models on this machine.",
         "",
+    ]
+    if meta.get("context"):
+        lines += [str(meta["context"]), ""]
+    lines += [
         "## Summary",
         "",
         "| # | Claim | Check | Kind | Key measurement | Result | Time (s) |",
