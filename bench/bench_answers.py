@@ -93,14 +93,14 @@ def apply_rows(memory: Memory, rows: list[dict]) -> None:
             memory.forget(row["subject"], source="bench")
 
 
-def never_taught(rows: list[dict], count: int, rng: random.Random) -> list[dict]:
+def never_taught(rows: list[dict], count: int, rng: random.Random, corpus_rows: list[dict]) -> list[dict]:
     """Make `count` subjects from taught templates with every name replaced by a fresh one.
 
     A name is a capitalized word or a word with a letter and a digit
     ("tundra-36"). Two capitalized words in a row are a first and a last
     name. Plain numbers ("team Nimbus 1") are kept.
     """
-    corpus = " ".join(json.dumps(row) for row in rows).casefold()
+    corpus = " ".join(json.dumps(row) for row in corpus_rows).casefold()
 
     def fresh(pool: list[str]) -> list[str]:
         return [name for name in pool if not re.search(rf"\b{name.casefold()}\b", corpus)]
@@ -137,7 +137,16 @@ def never_taught(rows: list[dict], count: int, rng: random.Random) -> list[dict]
     return list(subjects.values())
 
 
-def build_questions(rows: list[dict], sizes: dict[str, int], seed: int) -> list[dict]:
+def select_subjects(rows: list[dict], count: int, seed: int) -> list[dict]:
+    """Keep the rows of `count` fact subjects drawn with `seed` (0: every row), in file order."""
+    subjects = [row["subject"] for row in rows if row["kind"] == "fact"]
+    if count <= 0 or count >= len(subjects):
+        return rows
+    kept = set(random.Random(seed).sample(subjects, count))
+    return [row for row in rows if row["subject"] in kept]
+
+
+def build_questions(rows: list[dict], sizes: dict[str, int], seed: int, corpus_rows: list[dict]) -> list[dict]:
     """Return the questions of each group, sampled with `seed` (size 0: all)."""
     rng = random.Random(seed)
     overwritten = {row["subject"] for row in rows if row["kind"] == "overwrite"}
@@ -152,7 +161,7 @@ def build_questions(rows: list[dict], sizes: dict[str, int], seed: int) -> list[
             ]
         elif row["kind"] == "forget":
             pools["forgotten"] += [{"group": "forgotten", "question": q, "expected": None} for q in row["questions"]]
-    for row in never_taught(rows, 100, rng):
+    for row in never_taught(rows, 100, rng, corpus_rows):
         pools["never"] += [{"group": "never", "question": row["questions"][0], "expected": None}]
 
     questions = []
@@ -260,8 +269,15 @@ def main(argv: list[str] | None = None) -> int:
     for group, default in (("taught", 60), ("overwrite", 40), ("forgotten", 40), ("never", 40)):
         parser.add_argument(f"--{group}", type=int, default=default, help=f"{group} questions to sample (0: all)")
     parser.add_argument("--strategies", default="quote,faithful,plain", help="comma-separated, of faithful, quote, plain")
+    parser.add_argument(
+        "--subjects", type=int, default=0, help="teach only this many fact subjects, with their overwrites and forgets (0: all)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the question sample")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument(
+        "--window", type=int, default=512,
+        help="sliding-window size of the chat model in tokens; every prompt here is shorter, so answers match any larger window",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write every answer and the summaries as JSON here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -274,17 +290,20 @@ def main(argv: list[str] | None = None) -> int:
 
     from app.chat_model import load_chat_model
 
-    rows = load_rows(args.facts or paths.eval_dir() / "facts_dev.jsonl")
+    all_rows = load_rows(args.facts or paths.eval_dir() / "facts_dev.jsonl")
+    rows = select_subjects(all_rows, args.subjects, args.seed)
     sizes = {group: getattr(args, group) for group in GROUPS}
-    questions = build_questions(rows, sizes, args.seed)
-    all_values = {row["value"] for row in rows if row["kind"] == "fact"}
-    all_values |= {value for row in rows if row["kind"] == "overwrite" for value in row["values"]}
+    questions = build_questions(rows, sizes, args.seed, all_rows)
+    all_values = {row["value"] for row in all_rows if row["kind"] == "fact"}
+    all_values |= {value for row in all_rows if row["kind"] == "overwrite" for value in row["values"]}
 
-    chat_model = load_chat_model(device="cpu")
+    chat_model = load_chat_model(device="cpu", window=args.window)
     results: dict = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
         "model": chat_model.describe(),
         "seed": args.seed,
+        "taught_subjects": sum(row["kind"] == "fact" for row in rows),
+        "writes": sum(len(row.get("values", [None])) for row in rows),
         "sizes": {group: sum(q["group"] == group for q in questions) for group in GROUPS},
         "summaries": {},
         "records": [],

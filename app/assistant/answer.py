@@ -137,7 +137,9 @@ class _TextStream:
 
     def push(self, token_id: int) -> None:
         self.token_ids.append(token_id)
-        text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True).lstrip()
+        # Trailing whitespace waits for the next token, because the final
+        # text is stripped and the pieces must add up to it.
+        text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True).strip()
         if text.endswith("\ufffd"):
             return
         if self.on_token is not None and len(text) > len(self.sent) and text.startswith(self.sent):

@@ -78,7 +78,10 @@ def fact_statement(subject: str, value: str) -> str:
     """
     subject = _swap_speaker(subject.strip().rstrip("."))
     first = subject.split(" ", 1)[0].casefold() if subject else ""
-    if first not in _DETERMINERS and not subject[:1].isupper():
+    # "IP address of the x server" is an attribute of something, so it takes
+    # an article even though it starts with a capital; "Project Beacon" does not.
+    names_attribute = re.search(r"\b(?:of|at|for|in)\b", subject) is not None
+    if first not in _DETERMINERS and (names_attribute or not subject[:1].isupper()):
         subject = "the " + subject
     return f"{subject[:1].upper()}{subject[1:]} is {value.strip()}."
 
