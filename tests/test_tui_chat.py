@@ -12,8 +12,11 @@ import pytest
 from textual.widgets import Footer
 
 from app.tui.app import HydraChatApp
-from app.tui.screens.chat import ChatScreen
+from app.tui.screens.chat import SLASH_COMMANDS, ChatScreen
+from app.tui.screens.diagnostics import DiagnosticsScreen
 from app.tui.screens.help import HelpScreen
+from app.tui.screens.ingest import IngestScreen
+from app.tui.screens.memory import MemoryScreen
 from app.tui.widgets.history_input import HistoryInput
 from app.tui.widgets.message import ChatMessage
 from app.tui.widgets.sources import SourcesList
@@ -201,6 +204,14 @@ async def test_slash_commands_help_facts_and_unknown(memory):
 
         await type_line(pilot, "/help")
         await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen), timeout=5, what="the help screen")
+        help_text = app.screen.query_one("#help-text").source
+        for screen_class in (HydraChatApp, ChatScreen, MemoryScreen, IngestScreen, DiagnosticsScreen):
+            for binding in screen_class.BINDINGS:
+                key = binding.key.split(",")[0]
+                assert f"`{key}" in help_text, f"{screen_class.__name__}: key {key!r} is missing from the help"
+                assert binding.description in help_text
+        for command in SLASH_COMMANDS:
+            assert f"`{command}`" in help_text
 
 
 async def test_question_without_chat_model_shows_error(memory):
