@@ -195,7 +195,13 @@ class Memory:
         self._lock = MemoryLock(self.data_dir, wait=wait)
         if config.semantic:
             # Load the sentence encoder in the background, so that the first
-            # teach or question does not wait seconds for it.
+            # teach or question does not wait seconds for it. transformers'
+            # lazy top-level module is not safe to import from two threads at
+            # once (transformers 5.25: another thread's `from transformers
+            # import AutoConfig` failed), so its names are resolved here first.
+            import transformers
+
+            transformers.AutoConfig, transformers.AutoModel, transformers.AutoTokenizer  # noqa: B018
             threading.Thread(target=_warm_up_encoder, name="encoder-warm-up", daemon=True).start()
         try:
             self.db = store.open_database(self.data_dir)

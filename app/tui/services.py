@@ -104,9 +104,8 @@ class Services:
         with self._lock:
             if self.memory is not None:
                 return self.memory
-            # NOTE: with transformers 5.25, importing hydralm after the memory
-            # engine has loaded its sentence encoder fails with "cannot import
-            # name 'AutoConfig'", so the model library is imported first.
+            # The model library is checked first, so a broken install names
+            # the library rather than the memory engine that imports it.
             import_part("hydralm", "The model library")
             memory_module = import_part("app.memory", "The memory engine")
             if not hasattr(memory_module, "Memory"):
