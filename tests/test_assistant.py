@@ -250,7 +250,7 @@ def memory(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def assistant(memory, chat_model):
-    return Assistant(memory, chat_model, AssistantSettings(max_chat_tokens=24))
+    return Assistant(memory, chat_model, AssistantSettings(max_chat_tokens=8))
 
 
 def _ask(assistant, question, **kwargs):
