@@ -270,6 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     handler: Callable[[argparse.Namespace], int] = getattr(args, "handler", cmd_app)
     try:
+        _check_device(args)
         return handler(args)
     except CliError as error:
         _print_error(error.message)
@@ -290,6 +291,23 @@ def _configure_logging(verbosity: int) -> None:
     elif verbosity > 1:
         level = logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if verbosity == 0:
+        # transformers draws a "Loading weights" bar on stderr for every model
+        # it loads (the sentence encoder included); only -v shows it. The
+        # variable is read when transformers is first imported, which is later.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def _check_device(args: argparse.Namespace) -> None:
+    """Reject an explicit --device that this machine lacks before any command runs."""
+    if args.device in (None, "auto"):
+        return
+    from hydralm.device import select_device
+
+    try:
+        select_device(args.device)
+    except (RuntimeError, ValueError) as error:
+        raise CliError(f"--device {args.device}: {error}", EXIT_USAGE) from error
 
 
 def _print_error(message: str) -> None:
@@ -532,8 +550,16 @@ def _check_writable(path: Path) -> None:
         raise CliError(f"output path {path} is a folder; give a file name", EXIT_USAGE)
     if not parent.is_dir():
         raise CliError(f"output folder {parent} does not exist; create it or choose another path", EXIT_USAGE)
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise CliError(f"output path {path} is not writable; choose another path", EXIT_USAGE)
+    # os.access trusts the mode bits, which root ignores and /proc-like
+    # filesystems misreport, so the file is really opened for appending.
+    existed = path.exists()
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as error:
+        raise CliError(f"output path {path} is not writable ({error.strerror}); choose another path", EXIT_USAGE) from error
+    if not existed:
+        path.unlink(missing_ok=True)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:

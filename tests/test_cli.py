@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+import torch
+
 from app.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -369,3 +371,26 @@ def test_prepare_verifies_existing_conversion(capsys):
     code, out, err = run_cli(capsys, "prepare")
     assert code == 0, err
     assert out.strip() == f"default chat model ready at {converted_model_dir()}"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA, so --device cuda is valid")
+def test_absent_device_is_rejected_before_any_write(tmp_path, capsys):
+    data_dir = tmp_path / "memory"
+
+    code = main(["--data-dir", str(data_dir), "--device", "cuda", "teach", "locker code", "4312"])
+
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "--device cuda" in error, error
+    assert "Traceback" not in error
+    assert not data_dir.exists(), "the memory was opened although the device was rejected"
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc, where no file can be created")
+def test_diagnostics_rejects_an_uncreatable_out_path(capsys):
+    # Root passes os.access checks everywhere; /proc refuses new files even to root.
+    code = main(["diagnostics", "--out", "/proc/hydra-chat-report.md"])
+
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "/proc/hydra-chat-report.md is not writable" in error, error

@@ -161,7 +161,7 @@ async def test_status_bar_counts_facts_and_tokens(memory, chat_model):
         state = memory.stats().state_bytes
 
         await type_line(pilot, "remember that the cabin wifi password is x7-blue")
-        await wait_for(pilot, lambda: "1 facts" in str(bar.render()), timeout=10, what="1 fact in the status bar")
+        await wait_for(pilot, lambda: "1 fact │" in str(bar.render()), timeout=10, what="1 fact in the status bar")
         assert memory.stats().state_bytes == state, "teaching changed the state size"
 
 

@@ -42,6 +42,11 @@ def _storage_error(action: str, path: Path, error: sqlite3.Error) -> StorageErro
         hint = f"make {path.parent} writable, then retry"
     elif "full" in text:
         hint = "free disk space, then retry"
+    elif "not a database" in text or "malformed" in text:
+        hint = (
+            f"the file is corrupt and was left as it is; move it away and restore the memory "
+            f"with `hydra-chat import ARCHIVE`, or move the whole folder {path.parent} away to start empty"
+        )
     return StorageError(f"cannot {action} the memory log {path}: {text}; {hint}")
 
 

@@ -170,7 +170,7 @@ class Services:
                 chat_module = import_part("app.chat_model", "The chat model")
                 try:
                     self.chat_model = chat_module.load_chat_model(device=self.device or "auto")
-                except (OSError, ValueError, RuntimeError) as error:
+                except (OSError, ValueError, RuntimeError, ImportError) as error:
                     raise MissingPart(
                         "Chat model cannot be loaded",
                         str(error),

@@ -53,7 +53,11 @@ class StatusBar(Static):
             info.model,
             f"state {format_bytes(info.state_bytes)}",
             f"{info.tokens_streamed:,} tokens streamed",
-            f"{info.facts:,} facts",
-            f"{info.documents:,} documents",
+            _count(info.facts, "fact"),
+            _count(info.documents, "document"),
         ]
         return " │ ".join(parts)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number:,} {noun}" if number == 1 else f"{number:,} {noun}s"
