@@ -98,7 +98,7 @@ def hydra_decode_rate(model, logits, state, steps: int) -> float:
     token = torch.tensor([int(logits.argmax())])
     started = time.perf_counter()
     for _ in range(steps):
-        logits, state = model.step(token, state)
+        logits, state = model.step(token, state, reuse_state=True)
         token = logits.argmax(-1)
     return steps / (time.perf_counter() - started)
 

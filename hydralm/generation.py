@@ -167,7 +167,8 @@ def generate_stream(
             if token_id in stop:
                 break
             token = torch.tensor([token_id], device=device)
-            logits, state = model.step(token, state)
+            # Only this loop holds the state, so the step may update it in place.
+            logits, state = model.step(token, state, reuse_state=True)
             logits = logits[0]
             if settings.repetition_penalty != 1.0:
                 seen = torch.cat([seen, token])

@@ -79,11 +79,14 @@ class HydraModel(nn.Module):
         state: HydraState | None = None,
         attention_mask: torch.Tensor | None = None,
         hidden_to_keep: int = 0,
+        reuse_state: bool = False,
     ) -> tuple[torch.Tensor, HydraState]:
         """Run input_ids (B, T) from `state`; return hidden states and the new state.
 
         The hidden states are (B, T, C), or (B, hidden_to_keep, C) for the last
-        positions only when hidden_to_keep > 0.
+        positions only when hidden_to_keep > 0. With reuse_state=True the
+        sliding-window caches of `state` may be updated in place (see
+        `HydraLM.step`).
         """
         B, T = check_input_ids(input_ids, self.config.vocab_size)
         if state is None:
@@ -112,7 +115,13 @@ class HydraModel(nn.Module):
             new_layers = []
             for layer, layer_state in zip(self.layers, layer_states):
                 hidden_states, layer_state = layer(
-                    hidden_states, layer_state, positions[:, start:end], mask[:, start:end], segment_past, padded
+                    hidden_states,
+                    layer_state,
+                    positions[:, start:end],
+                    mask[:, start:end],
+                    segment_past,
+                    padded,
+                    reuse_state,
                 )
                 new_layers.append(layer_state)
             layer_states = new_layers
@@ -179,6 +188,7 @@ class HydraLM(nn.Module):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         logits_to_keep: int = 0,
+        reuse_state: bool = False,
     ) -> HydraOutput:
         """Run the model on input_ids (B, T).
 
@@ -193,6 +203,9 @@ class HydraLM(nn.Module):
                 -100 is ignored.
             logits_to_keep: 0 for all logits, k > 0 for the last k only
                 (long prefills need only the last).
+            reuse_state: let the model write into the sliding-window caches
+                of `state` instead of copying them; `state` must not be used
+                again afterwards. Decode loops that drop the old state use it.
 
         Returns:
             HydraOutput with logits, the new state and the loss when labels are given.
@@ -207,7 +220,11 @@ class HydraLM(nn.Module):
                 raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {shape}")
 
         hidden_states, new_state = self.model(
-            input_ids, state=state, attention_mask=attention_mask, hidden_to_keep=logits_to_keep
+            input_ids,
+            state=state,
+            attention_mask=attention_mask,
+            hidden_to_keep=logits_to_keep,
+            reuse_state=reuse_state,
         )
         logits = F.linear(hidden_states, self.output_weight)  # (B, T, V)
 
@@ -218,14 +235,22 @@ class HydraLM(nn.Module):
             loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX)
         return HydraOutput(logits=logits, state=new_state, loss=loss, last_hidden_state=hidden_states)
 
-    def step(self, token_ids: torch.Tensor, state: HydraState) -> tuple[torch.Tensor, HydraState]:
-        """Feed one token per sequence: token_ids (B,) -> (logits (B, V), new state)."""
+    def step(
+        self, token_ids: torch.Tensor, state: HydraState, reuse_state: bool = False
+    ) -> tuple[torch.Tensor, HydraState]:
+        """Feed one token per sequence: token_ids (B,) -> (logits (B, V), new state).
+
+        By default `state` is left as it was. With reuse_state=True the new
+        token is written into `state`'s sliding-window caches in place, which
+        saves copying every window on each token; `state` must then be
+        dropped in favour of the returned one.
+        """
         if not isinstance(token_ids, torch.Tensor) or token_ids.dim() != 1:
             shape = tuple(token_ids.shape) if isinstance(token_ids, torch.Tensor) else type(token_ids).__name__
             raise ValueError(f"step() takes token_ids of shape (B,), got {shape}")
         if state is None:
             raise ValueError("step() needs a state; create one with model.init_state(batch_size)")
-        output = self.forward(token_ids[:, None], state=state)
+        output = self.forward(token_ids[:, None], state=state, reuse_state=reuse_state)
         return output.logits[:, 0], output.state
 
 

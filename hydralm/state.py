@@ -17,7 +17,9 @@ from hydralm.layers.sliding_window import SWALayerState
 logger = logging.getLogger(__name__)
 
 STATE_FORMAT = "hydralm-state"
-STATE_FORMAT_VERSION = "1"
+# Version 2 caches sliding-window keys already rotated (version 1 kept them
+# unrotated), so a version 1 file cannot be read as version 2.
+STATE_FORMAT_VERSION = "2"
 
 LayerState = DeltaNetLayerState | SWALayerState
 

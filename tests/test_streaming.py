@@ -113,6 +113,30 @@ def test_state_is_not_modified_in_place():
     assert torch.equal(first, again)
 
 
+def test_reused_state_steps_match_functional_steps():
+    # 60 steps cross the window (8) several times, so the cached keys move to
+    # a new angle origin mid-stream; the second row starts later (padding).
+    config = tiny_config()
+    model = make_model(config)
+    generator = torch.Generator().manual_seed(3)
+    prompt = torch.randint(0, config.vocab_size, (2, 5), generator=generator)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])
+    tokens = torch.randint(0, config.vocab_size, (60, 2), generator=generator)
+    with torch.no_grad():
+        start = model(prompt, attention_mask=mask).state
+        functional, reused = start, start.clone()
+        for token_ids in tokens:
+            expected, functional = model.step(token_ids, functional)
+            window_keys = reused.layers[1].window_keys
+            got, reused = model.step(token_ids, reused, reuse_state=True)
+            assert (got - expected).abs().max() < TOLERANCE
+    # The last step wrote into the ring buffer it was given (no origin move
+    # at step 60: 5 + 60 is not a multiple of the window for row 0).
+    assert reused.layers[1].window_keys is window_keys
+    for name, tensor in functional.tensors().items():
+        assert torch.allclose(tensor, reused.tensors()[name], atol=1e-5), name
+
+
 def test_position_offset_gives_identical_logits():
     # The window content is the same at position 0 + n and 10^7 + n; only the
     # absolute position differs. 10^7 is a multiple of the window (16), so

@@ -174,7 +174,8 @@ def greedy_generate(
         if on_token_id is not None:
             on_token_id(token)
 
-        step_logits, state = model.step(torch.tensor([token], device=device), state)  # (1, V)
+        # The previous state is dropped, so the step may update it in place.
+        step_logits, state = model.step(torch.tensor([token], device=device), state, reuse_state=True)  # (1, V)
         logits = step_logits[0].float()  # (V,)
 
     result.stop_reason = "length"

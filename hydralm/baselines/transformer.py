@@ -461,8 +461,14 @@ class TransformerLM(nn.Module):
         new_state = KVCache(keys=new_keys, values=new_values, mask=key_mask, position=past_length + mask.sum(dim=1))
         return TransformerOutput(logits=logits, state=new_state, loss=loss, last_hidden_state=hidden_states)
 
-    def step(self, token_ids: torch.Tensor, state: KVCache) -> tuple[torch.Tensor, KVCache]:
-        """Feed one token per sequence: token_ids (B,) -> (logits (B, V), new cache)."""
+    def step(
+        self, token_ids: torch.Tensor, state: KVCache, reuse_state: bool = False
+    ) -> tuple[torch.Tensor, KVCache]:
+        """Feed one token per sequence: token_ids (B,) -> (logits (B, V), new cache).
+
+        `reuse_state` is accepted for parity with `HydraLM.step`; the cache
+        grows by concatenation, so it never reuses the old one's tensors.
+        """
         if not isinstance(token_ids, torch.Tensor) or token_ids.dim() != 1:
             shape = tuple(token_ids.shape) if isinstance(token_ids, torch.Tensor) else type(token_ids).__name__
             raise ValueError(f"step() takes token_ids of shape (B,), got {shape}")

@@ -29,6 +29,7 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         inv_freq = 1.0 / (rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._tables: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def forward(
         self, positions: torch.Tensor, dtype: torch.dtype
@@ -37,3 +38,24 @@ class RotaryEmbedding(nn.Module):
         freqs = positions[..., None].float() * self.inv_freq.to(positions.device)  # (..., D/2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (..., D)
         return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def lookup(
+        self, positions: torch.Tensor, dtype: torch.dtype, limit: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like `forward` for positions known to lie in [0, limit), read from a cached table.
+
+        The table holds the same values `forward` computes; indexing it costs
+        two gathers instead of a handful of elementwise passes, which matters
+        for one-token decode steps. Positions outside [0, limit) are clamped.
+        """
+        key = (positions.device, dtype)
+        cached = self._tables.get(key)
+        if cached is None or cached[0].shape[0] < limit:
+            size = max(limit, 2 * cached[0].shape[0] if cached is not None else 0)
+            # Built outside inference mode so a table made while decoding can
+            # still be used in a later training forward.
+            with torch.inference_mode(False), torch.no_grad():
+                cached = self.forward(torch.arange(size, device=positions.device), dtype)  # (size, D) each
+            self._tables[key] = cached
+        index = positions.clamp(0, limit - 1)
+        return cached[0][index], cached[1][index]

@@ -1,13 +1,19 @@
 """Sliding-window attention with grouped-query heads and attention sinks.
 
 A query at absolute position t attends to the sink tokens 0 .. S-1 and to the
-window max(S, t-W+1) .. t. Keys are cached before rotation and rotated at
-attention time with small local positions. A window key keeps its true
-distance t - j. Sink i sits at distance min(t, S+W-1) - i, which is the
-distance it has when the cache first fills, as in StreamingLLM (Xiao et al.,
-"Efficient Streaming Language Models with Attention Sinks", arXiv:2309.17453).
-For t < S + W every distance is the true one, so the layer computes Llama's
-attention (with `attention_bias=False` and Llama's weights).
+window max(S, t-W+1) .. t. A window key keeps its true distance t - j. Sink i
+sits at distance min(t, S+W-1) - i, which is the distance it has when the
+cache first fills, as in StreamingLLM (Xiao et al., "Efficient Streaming
+Language Models with Attention Sinks", arXiv:2309.17453). For t < S + W every
+distance is the true one, so the layer computes Llama's attention (with
+`attention_bias=False` and Llama's weights).
+
+Keys are cached already rotated, so a decode step rotates one key and one
+query instead of the whole window. Window keys are rotated by their position
+minus an origin, the largest multiple of W not above the number of tokens
+read; when the origin moves (once every W tokens) the cached keys are rotated
+back by the difference. Angles therefore stay below 2W + block size however
+long the stream is, and float32 keeps them exact at position 10^7 and beyond.
 """
 
 from __future__ import annotations
@@ -33,8 +39,10 @@ class SWALayerState:
         sink_keys, sink_values: (B, H_kv, S, D) the first S tokens, never evicted.
         window_keys, window_values: (B, H_kv, W, D) ring buffer of the last W
             non-sink tokens; position j >= S lives in slot (j - S) % W.
-    Keys are stored before rotation. The number of filled slots follows from
-    the sequence position n: min(n, S) sinks and clamp(n - S, 0, W) window slots.
+    Sink i is stored rotated by angle i; window keys are stored rotated
+    relative to the origin `SlidingWindowAttention._key_base(n)` for a sequence
+    at position n. The number of filled slots follows from n: min(n, S) sinks
+    and clamp(n - S, 0, W) window slots.
     """
 
     sink_keys: torch.Tensor
@@ -94,6 +102,7 @@ class SlidingWindowAttention(nn.Module):
         positions: torch.Tensor,
         mask: torch.Tensor,
         past_length: torch.Tensor,
+        reuse_state: bool = False,
     ) -> tuple[torch.Tensor, SWALayerState]:
         """Attend over hidden_states (B, T, C) block by block, threading the cache.
 
@@ -102,6 +111,8 @@ class SlidingWindowAttention(nn.Module):
                 real tokens only.
             mask: (B, T) bool, True at real tokens.
             past_length: (B,) int64 real tokens seen before this call.
+            reuse_state: write single-token updates into `state`'s ring
+                buffers in place instead of copying them.
 
         Returns:
             The output (B, T, C) and the new layer state.
@@ -125,11 +136,17 @@ class SlidingWindowAttention(nn.Module):
                 mask[:, start:end],
                 past_length + real_before[:, start],
                 state,
+                reuse_state,
             )
             outputs.append(block_output)
         attn_output = torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]  # (B, H, T, D)
         attn_output = attn_output.transpose(1, 2).reshape(B, T, H * D)
         return self.o_proj(attn_output), state
+
+    def _key_base(self, length: torch.Tensor) -> torch.Tensor:
+        """Angle origin of the cached window keys after `length` real tokens: a multiple of W."""
+        W = self.sliding_window
+        return torch.div(length, W, rounding_mode="floor") * W
 
     def _attend_block(
         self,
@@ -140,81 +157,122 @@ class SlidingWindowAttention(nn.Module):
         real: torch.Tensor,
         past_length: torch.Tensor,
         state: SWALayerState,
+        reuse_state: bool = False,
     ) -> tuple[torch.Tensor, SWALayerState]:
         """Attend one block of C queries to [sinks, ring buffer, block] and update the cache."""
         B, H, C, D = q.shape
         H_kv, G = self.num_key_value_heads, self.num_key_value_groups
         S, W = self.num_sink_tokens, self.sliding_window
         device, dtype = q.device, q.dtype
-        zero_slot = k.new_zeros(B, H_kv, 1, D)
 
-        # Sink tokens of this block go to the sink cache first; other tokens
-        # are scattered into a spare slot S that is dropped.
+        # Queries and this block's keys are rotated relative to the cache's
+        # angle origin, so the cached keys never need rotating again here.
+        base = self._key_base(past_length)  # (B,)
+        # positions - base lies in [0, W + C) for real tokens.
+        cos, sin = self.rotary.lookup(positions - base[:, None], dtype, W + C)  # (B, C, D)
+        k_window = apply_rotary(k, cos[:, None], sin[:, None])  # (B, H_kv, C, D)
+        q_window = apply_rotary(q, cos[:, None], sin[:, None])  # (B, H, C, D)
+
+        # Sinks: sink i is cached rotated by its own position i; the query
+        # sits at min(t, S+W-1).
         sink_keys = state.sink_keys.to(dtype)
         sink_values = state.sink_values.to(dtype)
-        if S > 0:
+        # Once every sequence is past its sinks (the usual decode step), the
+        # sink cache cannot change.
+        if S > 0 and int(past_length.min()) < S:
+            cos, sin = self.rotary.lookup(positions, dtype, S + 1)
+            k_sink = apply_rotary(k, cos[:, None], sin[:, None])
             is_sink = real & (positions < S)  # (B, C)
             sink_slot = torch.where(is_sink, positions, torch.full_like(positions, S))
             index = sink_slot[:, None, :, None].expand(B, H_kv, C, D)
-            sink_keys = torch.cat([sink_keys, zero_slot], dim=2).scatter(2, index, k)[:, :, :S]
+            zero_slot = k.new_zeros(B, H_kv, 1, D)
+            sink_keys = torch.cat([sink_keys, zero_slot], dim=2).scatter(2, index, k_sink)[:, :, :S]
             sink_values = torch.cat([sink_values, zero_slot], dim=2).scatter(2, index, v)[:, :, :S]
+        cos, sin = self.rotary.lookup(positions, dtype, S + W)  # (B, C, D), clamped to S+W-1
+        q_sink = apply_rotary(q, cos[:, None], sin[:, None])  # (B, H, C, D)
+        sink_mask = torch.arange(S, device=device)[None, None, :] <= positions[:, :, None]  # (B, C, S)
 
-        # Window keys: the ring buffer (positions past_length-W .. past_length-1)
-        # followed by this block.
-        slots = torch.arange(W, device=device)
+        # The ring buffer holds positions past_length-W .. past_length-1.
+        # Until it wraps, only slots 0 .. past_length-S-1 are filled, so the
+        # others are left out of the scores.
+        used = min(W, max(0, int(past_length.max()) - S))
+        slots = torch.arange(used, device=device)
         oldest = past_length - W  # (B,)
         ring_positions = oldest[:, None] + torch.remainder(
             slots[None, :] - (oldest[:, None] - S), W
         )  # (B, W)
-        key_positions = torch.cat([ring_positions, positions], dim=1)  # (B, W+C)
-        key_valid = torch.cat([ring_positions >= S, real & (positions >= S)], dim=1)  # (B, W+C)
-        distance = positions[:, :, None] - key_positions[:, None, :]  # (B, C, W+C)
-        window_mask = key_valid[:, None, :] & (distance >= 0) & (distance < W)  # (B, C, W+C)
-        window_keys = torch.cat([state.window_keys.to(dtype), k], dim=2)  # (B, H_kv, W+C, D)
-        window_values = torch.cat([state.window_values.to(dtype), v], dim=2)
-
-        # Rotate with local positions measured from `oldest`: distances are
-        # exact and the angles stay below W + C.
-        cos, sin = self.rotary(key_positions - oldest[:, None], dtype)  # (B, W+C, D)
-        window_keys_rot = apply_rotary(window_keys, cos[:, None], sin[:, None])
-        cos, sin = self.rotary(positions - oldest[:, None], dtype)  # (B, C, D)
-        q_window = apply_rotary(q, cos[:, None], sin[:, None])  # (B, H, C, D)
-
-        # Sinks: the query sits at min(t, S+W-1) and sink i at i.
-        sink_index = torch.arange(S, device=device)
-        cos, sin = self.rotary(positions.clamp(max=S + W - 1), dtype)  # (B, C, D)
-        q_sink = apply_rotary(q, cos[:, None], sin[:, None])  # (B, H, C, D)
-        cos, sin = self.rotary(sink_index, dtype)  # (S, D)
-        sink_keys_rot = apply_rotary(sink_keys, cos, sin)  # (B, H_kv, S, D)
-        sink_mask = sink_index[None, None, :] <= positions[:, :, None]  # (B, C, S)
+        ring_distance = positions[:, :, None] - ring_positions[:, None, :]  # (B, C, used)
+        ring_mask = (ring_positions >= S)[:, None, :] & (ring_distance < W)  # (B, C, used)
+        block_distance = positions[:, :, None] - positions[:, None, :]  # (B, C, C)
+        block_valid = real & (positions >= S)  # (B, C)
+        block_mask = block_valid[:, None, :] & (block_distance >= 0) & (block_distance < W)  # (B, C, C)
 
         # Scores per key/value group, softmax in float32 as Llama does.
-        q_window = q_window.view(B, H_kv, G, C, D)
-        q_sink = q_sink.view(B, H_kv, G, C, D)
-        sink_scores = q_sink @ sink_keys_rot[:, :, None].transpose(-1, -2)  # (B, H_kv, G, C, S)
-        window_scores = q_window @ window_keys_rot[:, :, None].transpose(-1, -2)  # (B, H_kv, G, C, W+C)
-        scores = torch.cat([sink_scores, window_scores], dim=-1) * self.scaling
-        allowed = torch.cat([sink_mask, window_mask], dim=-1)[:, None, None]  # (B, 1, 1, C, S+W+C)
+        ring_keys = state.window_keys.to(dtype)
+        ring_values = state.window_values.to(dtype)
+        used_keys, used_values = ring_keys[:, :, :used], ring_values[:, :, :used]
+        # Each key/value head serves G query heads: fold them into the rows of
+        # one matmul per head rather than broadcasting (which copies the cache G times).
+        q_window = q_window.reshape(B, H_kv, G * C, D)
+        q_sink = q_sink.reshape(B, H_kv, G * C, D)
+        scores = torch.cat(
+            [
+                q_sink @ sink_keys.transpose(-1, -2),  # (B, H_kv, G*C, S)
+                q_window @ used_keys.transpose(-1, -2),  # (B, H_kv, G*C, used)
+                q_window @ k_window.transpose(-1, -2),  # (B, H_kv, G*C, C)
+            ],
+            dim=-1,
+        ).view(B, H_kv, G, C, S + used + C) * self.scaling
+        allowed = torch.cat([sink_mask, ring_mask, block_mask], dim=-1)[:, None, None]  # (B, 1, 1, C, S+used+C)
         # A finite fill keeps fully masked rows (pad queries before any real
         # token) finite; their outputs are never used.
         scores = scores.float().masked_fill(~allowed, torch.finfo(torch.float32).min)
-        probs = torch.softmax(scores, dim=-1).to(dtype)
-        values = torch.cat([sink_values, window_values], dim=2)  # (B, H_kv, S+W+C, D)
-        output = (probs @ values[:, :, None]).view(B, H, C, D)  # (B, H, C, D)
+        probs = torch.softmax(scores, dim=-1).to(dtype).view(B, H_kv, G * C, S + used + C)
+        output = (
+            probs[..., :S] @ sink_values
+            + probs[..., S : S + used] @ used_values
+            + probs[..., S + used :] @ v
+        ).view(B, H, C, D)  # (B, H, C, D)
 
         # Ring update: only the last W real non-sink positions are written,
         # so no two writes share a slot.
         new_length = past_length + real.sum(dim=1)  # (B,)
-        write = real & (positions >= S) & (positions >= new_length[:, None] - W)  # (B, C)
-        ring_slot = torch.where(write, torch.remainder(positions - S, W), torch.full_like(positions, W))
-        index = ring_slot[:, None, :, None].expand(B, H_kv, C, D)
-        new_window_keys = torch.cat([state.window_keys.to(dtype), zero_slot], dim=2).scatter(2, index, k)
-        new_window_values = torch.cat([state.window_values.to(dtype), zero_slot], dim=2).scatter(2, index, v)
+        write = block_valid & (positions >= new_length[:, None] - W)  # (B, C)
+        if C == 1:
+            # One token per sequence: a sequence that does not write puts
+            # back what its slot holds, so each sequence touches one slot.
+            index = torch.remainder(positions - S, W)[:, None, :, None].expand(B, H_kv, 1, D)
+            keep = ~write[:, None, :, None]
+            key_source = torch.where(keep, ring_keys.gather(2, index), k_window)
+            value_source = torch.where(keep, ring_values.gather(2, index), v)
+            # In place only when the cache already has the compute dtype, so
+            # ring_keys is the caller's tensor and not a converted copy.
+            if reuse_state and state.window_keys.dtype == dtype:
+                new_window_keys = ring_keys.scatter_(2, index, key_source)
+                new_window_values = ring_values.scatter_(2, index, value_source)
+            else:
+                new_window_keys = ring_keys.scatter(2, index, key_source)
+                new_window_values = ring_values.scatter(2, index, value_source)
+        else:
+            ring_slot = torch.where(write, torch.remainder(positions - S, W), torch.full_like(positions, W))
+            index = ring_slot[:, None, :, None].expand(B, H_kv, C, D)
+            zero_slot = k.new_zeros(B, H_kv, 1, D)
+            new_window_keys = torch.cat([ring_keys, zero_slot], dim=2).scatter(2, index, k_window)[:, :, :W]
+            new_window_values = torch.cat([ring_values, zero_slot], dim=2).scatter(2, index, v)[:, :, :W]
+
+        # Move the cached keys to the next angle origin when it changes. This
+        # happens once every W tokens, so each key is re-rotated at most once
+        # or twice in its life and angles stay below 2W + C.
+        shift = self._key_base(new_length) - base  # (B,)
+        if bool((shift != 0).any()):
+            cos, sin = self.rotary(-shift, dtype)  # (B, D)
+            new_window_keys = apply_rotary(new_window_keys, cos[:, None, None], sin[:, None, None])
+
         # The cache keeps the dtype it came in, so the state size never changes.
         new_state = SWALayerState(
             sink_keys=sink_keys.to(state.sink_keys.dtype),
             sink_values=sink_values.to(state.sink_values.dtype),
-            window_keys=new_window_keys[:, :, :W].to(state.window_keys.dtype),
-            window_values=new_window_values[:, :, :W].to(state.window_values.dtype),
+            window_keys=new_window_keys.to(state.window_keys.dtype),
+            window_values=new_window_values.to(state.window_values.dtype),
         )
         return output, new_state
