@@ -275,7 +275,11 @@ class HydraLMForCausalLM(HydraLMPreTrainedModel, GenerationMixin):
             attention_mask = attention_mask[:, -T:]  # generate() passes the mask of the whole sequence
 
         state = cache.state if cache is not None else None
-        hidden_states, new_state = self.model(input_ids, state=state, attention_mask=attention_mask)
+        # Like transformers' own caches, a HydraCache is updated in place: its
+        # old state is replaced below, so its sliding-window buffers can be reused.
+        hidden_states, new_state = self.model(
+            input_ids, state=state, attention_mask=attention_mask, reuse_state=use_cache and cache is not None
+        )
         kept = hidden_states[:, -logits_to_keep:] if logits_to_keep else hidden_states
         logits = F.linear(kept, self.output_weight)  # (B, T, V)
 
