@@ -1,10 +1,11 @@
 """Crash consistency: SIGKILL a writer at random points, then reopen and check.
 
-A forked child opens the memory and runs teach, forget, undo and document
-writes (or a whole folder ingest) in a loop, reporting each write id on a
-pipe as soon as the call returns. The parent kills it with SIGKILL after a
-random delay, so kills land inside SQLite commits, state applies and state
-checkpoints (the checkpoint interval is small on purpose). After every kill:
+A child process (see `memory_child.py`) opens the memory and runs teach,
+forget, undo and document writes (or a whole folder ingest) in a loop,
+printing each write id as soon as the call returns. The test kills it with
+SIGKILL after a random delay, so kills land inside SQLite commits, state
+applies and state checkpoints (the checkpoint interval is small on purpose).
+After every kill:
 
 - the memory reopens without error;
 - every write the child reported as done is in the log;
@@ -19,89 +20,66 @@ higher for a longer run.
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import json
 import os
 import random
-import signal
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
-from app.memory import Memory, MemoryConfig, UndoError, UnknownSubjectError
+from app.memory import Memory, MemoryConfig
+from memory_child import Child
 
 CONFIG = MemoryConfig(
     fact_key_dim=1 << 11, fact_value_dim=32, passage_key_dim=1 << 11, passage_value_dim=32, checkpoint_every=5,
     semantic=False,
 )
 KILLS_PER_KIND = int(os.environ.get("HYDRA_CRASH_KILLS", "25"))
+# Children started ahead of the one being killed.
+PRESTART = 2
 SUBJECTS = [f"door code of shed {i}" for i in range(12)]
 
 
-class _Passage:
-    def __init__(self, text: str, start: int):
-        self.text = text
-        self.start = start
-        self.end = start + len(text)
+@dataclasses.dataclass
+class KillRound:
+    lines: list[str]  # what the child printed before it died
+    killed: bool  # False when the child had already finished its command
 
 
-def _child_writes(folder: Path, ack_fd: int, seed: int) -> None:
-    """Run random fact and document writes forever, writing each finished write id to `ack_fd`."""
-    rng = random.Random(seed)
-    with Memory.open(folder, wait=10.0, config=CONFIG) as memory:
-        while True:
-            choice = rng.random()
-            subject = rng.choice(SUBJECTS)
-            try:
-                if choice < 0.45:
-                    write_id = memory.teach(subject, f"v{rng.randrange(10_000)}", source="crash").write_id
-                elif choice < 0.6:
-                    write_id = memory.forget(subject, source="crash").write_id
-                elif choice < 0.75:
-                    history = memory.history(subject)
-                    if not history:
-                        continue
-                    write_id = memory.undo(history[-1].write_id, source="crash").write_id
+def _kill_rounds(
+    tmp_path: Path, child_args: Callable[[int], list[str]], delays: list[float]
+) -> Iterator[KillRound]:
+    """Run one child per delay and SIGKILL it `delay` seconds after `go` unless it finished first.
+
+    The next `PRESTART` children start while the current one runs, so that
+    their seconds of importing torch overlap the current round instead of
+    adding to it.
+    """
+    def spawn(index: int) -> Child:
+        return Child(*child_args(index), config=CONFIG, stderr_path=tmp_path / f"child{index}.err")
+
+    upcoming = collections.deque(spawn(index) for index in range(min(PRESTART, len(delays))))
+    try:
+        for index, delay in enumerate(delays):
+            with upcoming.popleft() as child:
+                child.start()
+                if index + PRESTART < len(delays):
+                    upcoming.append(spawn(index + PRESTART))
+                time.sleep(delay)
+                exit_status = child.process.poll()
+                if exit_status is None:
+                    yield KillRound(lines=child.kill(), killed=True)
                 else:
-                    path = f"notes/doc{rng.randrange(6)}.md"
-                    passages = [_Passage(f"note {rng.randrange(99)} about shed {j} and its door", 40 * j) for j in range(rng.randrange(1, 6))]
-                    memory.add_document(path, "0" * 64, 100, 1.0, passages)
-                    write_id = memory.writes()[-1].write_id
-            except (UnknownSubjectError, UndoError):
-                continue
-            os.write(ack_fd, f"{write_id}\n".encode())
-
-
-def _child_ingest(folder: Path, documents: Path, ack_fd: int) -> None:
-    with Memory.open(folder, wait=10.0, config=CONFIG) as memory:
-        report = memory.ingest(documents)
-        os.write(ack_fd, f"done {len(report.failed)}\n".encode())
-
-
-def _run_and_kill(target, delay_s: float) -> list[str]:
-    """Fork a child running `target(ack_fd)`, SIGKILL it after `delay_s`, return its acknowledged lines."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        os.close(read_fd)
-        code = 0
-        try:
-            target(write_fd)
-        except BaseException:  # noqa: BLE001 - a child must never return into pytest
-            code = 1
-        os._exit(code)
-    os.close(write_fd)
-    time.sleep(delay_s)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    chunks = []
-    while True:
-        data = os.read(read_fd, 65536)
-        if not data:
-            break
-        chunks.append(data)
-    os.close(read_fd)
-    return b"".join(chunks).decode().split()
+                    assert exit_status == 0, f"child {child.pid} failed with {exit_status}; stderr:\n{child.stderr()}"
+                    yield KillRound(lines=child.finish(timeout=10)[1], killed=False)
+    finally:
+        for child in upcoming:
+            child.kill()
 
 
 def _check_consistent(folder: Path, acknowledged: set[int]) -> None:
@@ -130,17 +108,25 @@ def single_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.timeout(600)
 def test_kill_during_fact_and_document_writes(tmp_path):
     folder = tmp_path / "mem"
     rng = random.Random(1234)
+    delays = [rng.uniform(0.02, 0.4) for _ in range(KILLS_PER_KIND)]
     acknowledged: set[int] = set()
-    kills_with_writes = 0
-    for round_index in range(KILLS_PER_KIND):
-        delay = rng.uniform(0.02, 0.4)
-        lines = _run_and_kill(lambda fd, s=round_index: _child_writes(folder, fd, s), delay)
-        acknowledged |= {int(x) for x in lines}
-        kills_with_writes += bool(lines)
+    kills = kills_with_writes = 0
+
+    def child_args(index: int) -> list[str]:
+        return ["random-writes", str(folder), str(index), json.dumps(SUBJECTS)]
+
+    for result in _kill_rounds(tmp_path, child_args, delays):
+        assert result.killed, "a random-writes child never finishes on its own"
+        kills += 1
+        acknowledged |= {int(line) for line in result.lines}
+        kills_with_writes += bool(result.lines)
         _check_consistent(folder, acknowledged)
+
+    assert kills == KILLS_PER_KIND
     assert kills_with_writes >= KILLS_PER_KIND // 3, "too few kills landed after a write finished"
     assert len(acknowledged) > KILLS_PER_KIND
 
@@ -153,19 +139,28 @@ def _make_documents(root: Path, count: int) -> Path:
     return root
 
 
+@pytest.mark.timeout(600)
 def test_kill_during_ingest_then_rerun_completes(tmp_path):
     folder = tmp_path / "mem"
     documents = _make_documents(tmp_path / "docs", 40)
     rng = random.Random(99)
-    finished = 0
-    for _ in range(KILLS_PER_KIND):
-        lines = _run_and_kill(lambda fd: _child_ingest(folder, documents, fd), rng.uniform(0.05, 0.8))
-        finished += bool(lines)
+    delays = [rng.uniform(0.05, 0.8) for _ in range(KILLS_PER_KIND)]
+    kills = 0
+
+    def child_args(index: int) -> list[str]:
+        return ["ingest", str(folder), str(documents)]
+
+    for result in _kill_rounds(tmp_path, child_args, delays):
+        kills += result.killed
+        if not result.killed:
+            assert result.lines[-1] == "done 0", result.lines
         _check_consistent(folder, set())
-        # Change a few files so that the next run replaces passages as well as adding them.
-        for path in rng.sample(sorted(documents.iterdir()), 2):
+        # Change several files so that the next run replaces passages as well
+        # as adding them, and has work left for the next kill to interrupt.
+        for path in rng.sample(sorted(documents.iterdir()), 8):
             path.write_text(path.read_text() + f"\nAppended note {rng.randrange(1000)}.\n")
 
+    assert kills >= KILLS_PER_KIND * 4 // 5, f"only {kills} of {KILLS_PER_KIND} kills landed before the ingest finished"
     with Memory.open(folder, config=CONFIG) as memory:
         report = memory.ingest(documents)
         assert not report.failed

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import os
-import signal
 from pathlib import Path
 
 import pytest
 import torch
 
-from app.ingest import pipeline
 from app.ingest.pipeline import ingest_folder
 from app.memory import Memory, MemoryConfig
 
+from memory_child import Child
 from test_ingest_extractors import make_pdf
 
 SMALL = MemoryConfig(fact_key_dim=1 << 12, fact_value_dim=128, passage_key_dim=1 << 13, passage_value_dim=128)
@@ -160,31 +159,7 @@ def test_file_turning_undecodable_forgets_it(tmp_path, folder):
 FILES = 40
 
 
-def ingest_in_child(data: Path, folder: Path) -> tuple[int, int]:
-    """Fork a child that ingests `folder`, writing one line per finished file to a pipe.
-
-    Forking (instead of starting a new interpreter) skips the seconds that
-    importing torch takes. Returns (pid, read end of the pipe).
-    """
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: ingest, report each file, never return into pytest
-        try:
-            os.close(read_end)
-            pipeline.PROGRESS_INTERVAL_S = 0.0
-
-            def progress(update) -> None:
-                os.write(write_end, f"progress {update.files_done}\n".encode())
-
-            with Memory.open(data, config=SMALL) as memory:
-                memory.ingest(folder, progress=progress)
-            os.write(write_end, b"done\n")
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    return pid, read_end
-
-
+@pytest.mark.timeout(300)
 def test_kill_during_ingest_then_rerun(tmp_path):
     folder = tmp_path / "many"
     folder.mkdir()
@@ -193,16 +168,17 @@ def test_kill_during_ingest_then_rerun(tmp_path):
             f"Note {index}. " + " ".join(f"word{index}x{j}" for j in range(60))
         )
     data = tmp_path / "mem"
-    pid, read_end = ingest_in_child(data, folder)
+
+    # The child prints `progress N` after each finished file; kill it after the fifth.
     killed = False
-    with os.fdopen(read_end) as lines:
-        for line in lines:
+    with Child("ingest", str(data), str(folder), config=SMALL, stderr_path=tmp_path / "child.err") as child:
+        child.start()
+        while line := child.readline(timeout=120):
             if line.startswith("progress") and int(line.split()[1]) >= 5:
-                os.kill(pid, signal.SIGKILL)
+                child.kill()
                 killed = True
                 break
-    os.waitpid(pid, 0)
-    assert killed, "the child finished before it could be killed; use more files"
+        assert killed, f"the child finished before it could be killed; use more files\n{child.stderr()}"
 
     with Memory.open(data, config=SMALL, wait=5.0) as memory:
         assert_consistent(memory)

@@ -2,45 +2,35 @@
 
 from __future__ import annotations
 
+import json
 import os
-import signal
-import time
+
 
 import pytest
 
 from app.memory import Memory, MemoryConfig, MemoryInUseError
+from memory_child import Child
 
 SMALL = MemoryConfig(fact_key_dim=1 << 10, fact_value_dim=32, passage_key_dim=1 << 10, passage_value_dim=32, semantic=False)
 
 
-def _hold_lock(folder, ready_fd):
-    memory = Memory.open(folder, config=SMALL)
-    memory.teach("boat name", "Tern")
-    os.write(ready_fd, b"ready")
-    time.sleep(60)
-
-
+@pytest.mark.timeout(300)
 def test_killed_holder_refuses_then_clears(tmp_path, caplog):
     folder = tmp_path / "mem"
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            _hold_lock(folder, write_fd)
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    assert os.read(read_fd, 5) == b"ready"
-    os.close(read_fd)
-    try:
-        with pytest.raises(MemoryInUseError, match=f"memory in use by pid {pid}"):
+    with Child("hold-lock", str(folder), config=SMALL, stderr_path=tmp_path / "child.err") as child:
+        child.start()
+        status, _, folders = child.readline(timeout=60).strip().partition(" ")
+        assert status == "locked", child.stderr()
+        # The child runs with the per-test folders that conftest.py set.
+        inherited = json.loads(folders)
+        for name in ("HYDRA_DATA_DIR", "HYDRA_CONFIG_DIR", "HYDRA_CACHE_DIR"):
+            assert inherited[name] == os.environ[name], name
+        with pytest.raises(MemoryInUseError, match=f"memory in use by pid {child.pid}"):
             Memory.open(folder, config=SMALL)
-    finally:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        child.kill()
 
     caplog.set_level("INFO", logger="app.memory.lock")
     with Memory.open(folder, config=SMALL) as memory:
         assert [f.value for f in memory.facts()] == ["Tern"]
-    assert f"cleared a stale lock left by pid {pid}" in caplog.text
+    assert f"cleared a stale lock left by pid {child.pid}" in caplog.text
     assert (folder / "lock").read_text() == ""

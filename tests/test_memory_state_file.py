@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from app.memory import Memory, MemoryConfig, StateFileError, StorageError
 from app.memory import state_file
+from memory_child import Child
 
 SMALL = MemoryConfig(fact_key_dim=1 << 10, fact_value_dim=32, passage_key_dim=1 << 10, passage_value_dim=32, semantic=False)
 
@@ -140,52 +141,20 @@ def test_read_only_folder_gives_clear_error(tmp_path, monkeypatch):
         assert memory.recall("What is the locker code?").items[0].value == "2"
 
 
-def _full_disk_child(folder, result_fd):
-    """Teach under a 64 KiB file-size limit (a full disk) and report what happened."""
-    import resource
-    import signal
-
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    outcome = []
-    with Memory.open(folder, config=SMALL) as memory:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
-        try:
-            memory.save()
-            outcome.append("saved")
-        except StorageError as error:
-            outcome.append(f"save failed: {error}")
-        try:
-            for i in range(200):
-                memory.teach(f"long note {i}", "x" * 5000)
-            outcome.append("taught")
-        except StorageError as error:
-            outcome.append(f"teach failed: {error}")
-        outcome.append(f"recall {memory.recall('What is the locker code?').items[0].value}")
-        outcome.append(f"facts {len(memory.facts())}")
-        memory._pending = 0  # the final checkpoint would fail too; the log is complete
-    os.write(result_fd, "\n".join(outcome).encode())
-
-
+@pytest.mark.timeout(300)
 def test_full_disk_keeps_memory_usable(tmp_path):
     folder = tmp_path / "mem"
     with Memory.open(folder, config=SMALL) as memory:
         memory.teach("locker code", "4312")
     before = sha(folder / "state.safetensors")
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            _full_disk_child(folder, write_fd)
-        except BaseException as error:  # noqa: BLE001 - report, never return into pytest
-            os.write(write_fd, f"crashed: {error!r}".encode())
-            code = 1
-        os._exit(code)
-    os.close(write_fd)
-    _, status = os.waitpid(pid, 0)
-    lines = os.read(read_fd, 65536).decode().splitlines()
-    os.close(read_fd)
-    assert os.WEXITSTATUS(status) == 0, lines
+
+    # The child saves and teaches under a 64 KiB file-size limit, which fails
+    # writes the way a full disk does.
+    with Child("full-disk", str(folder), config=SMALL, stderr_path=tmp_path / "child.err") as child:
+        child.start()
+        status, lines = child.finish(timeout=120)
+        assert status == 0, f"{lines}\n{child.stderr()}"
+
     assert lines[0].startswith("save failed: cannot write"), lines
     assert "previous file is unchanged" in lines[0], lines
     assert lines[1].startswith("teach failed: cannot write"), lines
