@@ -113,6 +113,7 @@ class HydraModel(nn.Module):
             segment_past = past_length if start == 0 else past_length + mask[:, :start].sum(dim=1)
             hidden_states = self.embed_tokens(input_ids[:, start:end].long())  # (B, T_seg, C)
             new_layers = []
+            plans = {}  # attention block plans, shared by the sliding-window layers
             for layer, layer_state in zip(self.layers, layer_states):
                 hidden_states, layer_state = layer(
                     hidden_states,
@@ -122,6 +123,7 @@ class HydraModel(nn.Module):
                     segment_past,
                     padded,
                     reuse_state,
+                    plans,
                 )
                 new_layers.append(layer_state)
             layer_states = new_layers

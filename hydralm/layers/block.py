@@ -43,6 +43,7 @@ class HydraBlock(nn.Module):
         past_length: torch.Tensor,
         padded: bool,
         reuse_state: bool = False,
+        plans: dict | None = None,
     ) -> tuple[torch.Tensor, LayerState]:
         """Run the block on hidden_states (B, T, C); return the output and the new layer state."""
         # Token mixing.
@@ -51,7 +52,7 @@ class HydraBlock(nn.Module):
         if isinstance(self.mixer, GatedDeltaNet):
             hidden_states, state = self.mixer(hidden_states, state, mask if padded else None)
         else:
-            hidden_states, state = self.mixer(hidden_states, state, positions, mask, past_length, reuse_state)
+            hidden_states, state = self.mixer(hidden_states, state, positions, mask, past_length, reuse_state, plans)
         hidden_states = residual + hidden_states
 
         # Channel mixing.

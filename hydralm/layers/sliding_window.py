@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from hydralm.config import HydraConfig
-from hydralm.layers.rope import RotaryEmbedding, apply_rotary
+from hydralm.layers.rope import RotaryEmbedding
 
 # Queries per attention block of a long input. Each block attends to
 # S + W + block keys, so long prefills cost O(T * (W + block)), never O(T^2).
@@ -57,6 +57,54 @@ class SWALayerState:
             "window_keys": self.window_keys,
             "window_values": self.window_values,
         }
+
+
+@dataclass
+class Rotation:
+    """RoPE rotation by fixed angles, as cos and a sign-folded sin table.
+
+    `apply(x)` equals `apply_rotary(x, cos, sin)`: rotate_half(x) * sin is
+    the half-swapped x times sin with its first half negated, so one roll
+    replaces the slicing, negation and concatenation.
+    """
+
+    cos: torch.Tensor
+    signed_sin: torch.Tensor
+
+    @classmethod
+    def from_tables(cls, cos: torch.Tensor, sin: torch.Tensor) -> Rotation:
+        half = sin.shape[-1] // 2
+        return cls(cos, torch.cat((-sin[..., :half], sin[..., half:]), dim=-1))
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.cos + x.roll(x.shape[-1] // 2, dims=-1) * self.signed_sin
+
+
+@dataclass
+class BlockPlan:
+    """Position-dependent inputs of one block of queries, shared by every layer.
+
+    Attributes:
+        window: rotation of queries and new keys relative to the key origin.
+        sink_write: (rotation by own position, sink slot per token (B, C))
+            when the block holds sink tokens, else None.
+        query_sink: rotation of queries for the sink scores.
+        used: filled ring slots taking part in the scores.
+        blocked: (B, 1, 1, C, S+used+C) True where a score is masked out.
+        ring_slot: (B, C) ring slot each token writes; W drops the write.
+        keep: (B, 1, 1, 1) for one-token blocks, True where the token is not
+            written; None for longer blocks.
+        rebase: rotation moving the cached keys to the next origin, or None.
+    """
+
+    window: Rotation
+    sink_write: tuple[Rotation, torch.Tensor] | None
+    query_sink: Rotation
+    used: int
+    blocked: torch.Tensor
+    ring_slot: torch.Tensor
+    keep: torch.Tensor | None
+    rebase: Rotation | None
 
 
 class SlidingWindowAttention(nn.Module):
@@ -103,6 +151,7 @@ class SlidingWindowAttention(nn.Module):
         mask: torch.Tensor,
         past_length: torch.Tensor,
         reuse_state: bool = False,
+        plans: dict | None = None,
     ) -> tuple[torch.Tensor, SWALayerState]:
         """Attend over hidden_states (B, T, C) block by block, threading the cache.
 
@@ -113,6 +162,8 @@ class SlidingWindowAttention(nn.Module):
             past_length: (B,) int64 real tokens seen before this call.
             reuse_state: write single-token updates into `state`'s ring
                 buffers in place instead of copying them.
+            plans: block plans shared by the layers of one model call; a
+                layer fills in the ones it computes and reuses the others.
 
         Returns:
             The output (B, T, C) and the new layer state.
@@ -124,19 +175,23 @@ class SlidingWindowAttention(nn.Module):
         k = self.k_proj(hidden_states).view(B, T, H_kv, D).transpose(1, 2)  # (B, H_kv, T, D)
         v = self.v_proj(hidden_states).view(B, T, H_kv, D).transpose(1, 2)  # (B, H_kv, T, D)
 
-        real_before = torch.cumsum(mask.long(), dim=1) - mask.long()  # (B, T) real tokens before each
+        if plans is None:
+            plans = {}
+        real_before = None
         outputs = []
         for start in range(0, T, self.block_size):
             end = min(start + self.block_size, T)
+            key = (start, self.sliding_window, self.num_sink_tokens, q.dtype)
+            plan = plans.get(key)
+            if plan is None:
+                if real_before is None:
+                    real_before = torch.cumsum(mask.long(), dim=1) - mask.long()  # (B, T) real tokens before each
+                plan = self._plan(
+                    positions[:, start:end], mask[:, start:end], past_length + real_before[:, start], q.dtype
+                )
+                plans[key] = plan
             block_output, state = self._attend_block(
-                q[:, :, start:end],
-                k[:, :, start:end],
-                v[:, :, start:end],
-                positions[:, start:end],
-                mask[:, start:end],
-                past_length + real_before[:, start],
-                state,
-                reuse_state,
+                q[:, :, start:end], k[:, :, start:end], v[:, :, start:end], plan, state, reuse_state
             )
             outputs.append(block_output)
         attn_output = torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]  # (B, H, T, D)
@@ -148,64 +203,102 @@ class SlidingWindowAttention(nn.Module):
         W = self.sliding_window
         return torch.div(length, W, rounding_mode="floor") * W
 
+    def _rotation(self, positions: torch.Tensor, dtype: torch.dtype, limit: int) -> Rotation:
+        cos, sin = self.rotary.lookup(positions, dtype, limit)  # (B, C, D) each
+        return Rotation.from_tables(cos[:, None], sin[:, None])
+
+    def _plan(
+        self, positions: torch.Tensor, real: torch.Tensor, past_length: torch.Tensor, dtype: torch.dtype
+    ) -> BlockPlan:
+        """Work out everything about a block that depends on positions only.
+
+        Every sliding-window layer of a model has the same W and S, so one plan
+        serves all of them (see `forward`'s `plans`).
+        """
+        B, C = positions.shape
+        S, W = self.num_sink_tokens, self.sliding_window
+        device = positions.device
+
+        # Queries and this block's keys are rotated relative to the cache's
+        # angle origin, so the cached keys never need rotating again here.
+        # positions - base lies in [0, W + C) for real tokens.
+        base = self._key_base(past_length)  # (B,)
+        window = self._rotation(positions - base[:, None], dtype, W + C)
+
+        # Sink i is cached rotated by its own position i; the query sits at
+        # min(t, S+W-1). Once every sequence is past its sinks (the usual
+        # decode step), the sink cache cannot change.
+        sink_write = None
+        if S > 0 and int(past_length.min()) < S:
+            is_sink = real & (positions < S)  # (B, C)
+            sink_slot = torch.where(is_sink, positions, torch.full_like(positions, S))  # (B, C)
+            sink_write = (self._rotation(positions, dtype, S + 1), sink_slot)
+        query_sink = self._rotation(positions, dtype, S + W)  # clamped to S+W-1
+        sink_mask = torch.arange(S, device=device)[None, None, :] <= positions[:, :, None]  # (B, C, S)
+
+        # The ring buffer contains positions past_length-W .. past_length-1.
+        # Until it wraps, only slots 0 .. past_length-S-1 are filled, so the
+        # others are left out of the scores.
+        used = min(W, max(0, int(past_length.max()) - S))
+        slots = torch.arange(used, device=device)
+        oldest = past_length - W  # (B,)
+        ring_positions = oldest[:, None] + torch.remainder(slots[None, :] - (oldest[:, None] - S), W)  # (B, used)
+        ring_distance = positions[:, :, None] - ring_positions[:, None, :]  # (B, C, used)
+        ring_mask = (ring_positions >= S)[:, None, :] & (ring_distance < W)  # (B, C, used)
+        block_distance = positions[:, :, None] - positions[:, None, :]  # (B, C, C)
+        block_valid = real & (positions >= S)  # (B, C)
+        block_mask = block_valid[:, None, :] & (block_distance >= 0) & (block_distance < W)  # (B, C, C)
+        blocked = ~torch.cat([sink_mask, ring_mask, block_mask], dim=-1)[:, None, None]  # (B, 1, 1, C, S+used+C)
+
+        # Ring update: only the last W real non-sink positions are written,
+        # so no two writes share a slot.
+        new_length = past_length + real.sum(dim=1)  # (B,)
+        write = block_valid & (positions >= new_length[:, None] - W)  # (B, C)
+        if C == 1:
+            # One token per sequence: a sequence that does not write puts
+            # back what its slot holds, so each sequence touches one slot.
+            ring_slot = torch.remainder(positions - S, W)  # (B, 1)
+            keep = ~write[:, None, :, None]  # (B, 1, 1, 1)
+        else:
+            ring_slot = torch.where(write, torch.remainder(positions - S, W), torch.full_like(positions, W))
+            keep = None
+
+        # Move the cached keys to the next angle origin when it changes. This
+        # happens once every W tokens, so a key is re-rotated at most twice
+        # during the W tokens it stays cached, and angles stay below 2W + C.
+        shift = self._key_base(new_length) - base  # (B,)
+        rebase = None
+        if bool((shift != 0).any()):
+            cos, sin = self.rotary(-shift, dtype)  # (B, D)
+            rebase = Rotation.from_tables(cos[:, None, None], sin[:, None, None])
+        return BlockPlan(window, sink_write, query_sink, used, blocked, ring_slot, keep, rebase)
+
     def _attend_block(
         self,
         q: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
-        positions: torch.Tensor,
-        real: torch.Tensor,
-        past_length: torch.Tensor,
+        plan: BlockPlan,
         state: SWALayerState,
         reuse_state: bool = False,
     ) -> tuple[torch.Tensor, SWALayerState]:
         """Attend one block of C queries to [sinks, ring buffer, block] and update the cache."""
         B, H, C, D = q.shape
         H_kv, G = self.num_key_value_heads, self.num_key_value_groups
-        S, W = self.num_sink_tokens, self.sliding_window
-        device, dtype = q.device, q.dtype
+        S, W, used = self.num_sink_tokens, self.sliding_window, plan.used
+        dtype = q.dtype
 
-        # Queries and this block's keys are rotated relative to the cache's
-        # angle origin, so the cached keys never need rotating again here.
-        base = self._key_base(past_length)  # (B,)
-        # positions - base lies in [0, W + C) for real tokens.
-        cos, sin = self.rotary.lookup(positions - base[:, None], dtype, W + C)  # (B, C, D)
-        k_window = apply_rotary(k, cos[:, None], sin[:, None])  # (B, H_kv, C, D)
-        q_window = apply_rotary(q, cos[:, None], sin[:, None])  # (B, H, C, D)
-
-        # Sinks: sink i is cached rotated by its own position i; the query
-        # sits at min(t, S+W-1).
+        k_window = plan.window.apply(k)  # (B, H_kv, C, D)
+        q_window = plan.window.apply(q)  # (B, H, C, D)
+        q_sink = plan.query_sink.apply(q)  # (B, H, C, D)
         sink_keys = state.sink_keys.to(dtype)
         sink_values = state.sink_values.to(dtype)
-        # Once every sequence is past its sinks (the usual decode step), the
-        # sink cache cannot change.
-        if S > 0 and int(past_length.min()) < S:
-            cos, sin = self.rotary.lookup(positions, dtype, S + 1)
-            k_sink = apply_rotary(k, cos[:, None], sin[:, None])
-            is_sink = real & (positions < S)  # (B, C)
-            sink_slot = torch.where(is_sink, positions, torch.full_like(positions, S))
+        if plan.sink_write is not None:
+            rotation, sink_slot = plan.sink_write
             index = sink_slot[:, None, :, None].expand(B, H_kv, C, D)
             zero_slot = k.new_zeros(B, H_kv, 1, D)
-            sink_keys = torch.cat([sink_keys, zero_slot], dim=2).scatter(2, index, k_sink)[:, :, :S]
+            sink_keys = torch.cat([sink_keys, zero_slot], dim=2).scatter(2, index, rotation.apply(k))[:, :, :S]
             sink_values = torch.cat([sink_values, zero_slot], dim=2).scatter(2, index, v)[:, :, :S]
-        cos, sin = self.rotary.lookup(positions, dtype, S + W)  # (B, C, D), clamped to S+W-1
-        q_sink = apply_rotary(q, cos[:, None], sin[:, None])  # (B, H, C, D)
-        sink_mask = torch.arange(S, device=device)[None, None, :] <= positions[:, :, None]  # (B, C, S)
-
-        # The ring buffer holds positions past_length-W .. past_length-1.
-        # Until it wraps, only slots 0 .. past_length-S-1 are filled, so the
-        # others are left out of the scores.
-        used = min(W, max(0, int(past_length.max()) - S))
-        slots = torch.arange(used, device=device)
-        oldest = past_length - W  # (B,)
-        ring_positions = oldest[:, None] + torch.remainder(
-            slots[None, :] - (oldest[:, None] - S), W
-        )  # (B, W)
-        ring_distance = positions[:, :, None] - ring_positions[:, None, :]  # (B, C, used)
-        ring_mask = (ring_positions >= S)[:, None, :] & (ring_distance < W)  # (B, C, used)
-        block_distance = positions[:, :, None] - positions[:, None, :]  # (B, C, C)
-        block_valid = real & (positions >= S)  # (B, C)
-        block_mask = block_valid[:, None, :] & (block_distance >= 0) & (block_distance < W)  # (B, C, C)
 
         # Scores per key/value group, softmax in float32 as Llama does.
         ring_keys = state.window_keys.to(dtype)
@@ -223,10 +316,9 @@ class SlidingWindowAttention(nn.Module):
             ],
             dim=-1,
         ).view(B, H_kv, G, C, S + used + C) * self.scaling
-        allowed = torch.cat([sink_mask, ring_mask, block_mask], dim=-1)[:, None, None]  # (B, 1, 1, C, S+used+C)
         # A finite fill keeps fully masked rows (pad queries before any real
         # token) finite; their outputs are never used.
-        scores = scores.float().masked_fill(~allowed, torch.finfo(torch.float32).min)
+        scores = scores.float().masked_fill(plan.blocked, torch.finfo(torch.float32).min)
         probs = torch.softmax(scores, dim=-1).to(dtype).view(B, H_kv, G * C, S + used + C)
         output = (
             probs[..., :S] @ sink_values
@@ -234,17 +326,10 @@ class SlidingWindowAttention(nn.Module):
             + probs[..., S + used :] @ v
         ).view(B, H, C, D)  # (B, H, C, D)
 
-        # Ring update: only the last W real non-sink positions are written,
-        # so no two writes share a slot.
-        new_length = past_length + real.sum(dim=1)  # (B,)
-        write = block_valid & (positions >= new_length[:, None] - W)  # (B, C)
-        if C == 1:
-            # One token per sequence: a sequence that does not write puts
-            # back what its slot holds, so each sequence touches one slot.
-            index = torch.remainder(positions - S, W)[:, None, :, None].expand(B, H_kv, 1, D)
-            keep = ~write[:, None, :, None]
-            key_source = torch.where(keep, ring_keys.gather(2, index), k_window)
-            value_source = torch.where(keep, ring_values.gather(2, index), v)
+        index = plan.ring_slot[:, None, :, None].expand(B, H_kv, C, D)
+        if plan.keep is not None:
+            key_source = torch.where(plan.keep, ring_keys.gather(2, index), k_window)
+            value_source = torch.where(plan.keep, ring_values.gather(2, index), v)
             # In place only when the cache already has the compute dtype, so
             # ring_keys is the caller's tensor and not a converted copy.
             if reuse_state and state.window_keys.dtype == dtype:
@@ -254,19 +339,11 @@ class SlidingWindowAttention(nn.Module):
                 new_window_keys = ring_keys.scatter(2, index, key_source)
                 new_window_values = ring_values.scatter(2, index, value_source)
         else:
-            ring_slot = torch.where(write, torch.remainder(positions - S, W), torch.full_like(positions, W))
-            index = ring_slot[:, None, :, None].expand(B, H_kv, C, D)
             zero_slot = k.new_zeros(B, H_kv, 1, D)
             new_window_keys = torch.cat([ring_keys, zero_slot], dim=2).scatter(2, index, k_window)[:, :, :W]
             new_window_values = torch.cat([ring_values, zero_slot], dim=2).scatter(2, index, v)[:, :, :W]
-
-        # Move the cached keys to the next angle origin when it changes. This
-        # happens once every W tokens, so each key is re-rotated at most once
-        # or twice in its life and angles stay below 2W + C.
-        shift = self._key_base(new_length) - base  # (B,)
-        if bool((shift != 0).any()):
-            cos, sin = self.rotary(-shift, dtype)  # (B, D)
-            new_window_keys = apply_rotary(new_window_keys, cos[:, None, None], sin[:, None, None])
+        if plan.rebase is not None:
+            new_window_keys = plan.rebase.apply(new_window_keys)
 
         # The cache keeps the dtype it came in, so the state size never changes.
         new_state = SWALayerState(
