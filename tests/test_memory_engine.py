@@ -198,7 +198,7 @@ def test_log_from_newer_version_is_rejected(tmp_path):
 
 def test_migrations_are_recorded(memory):
     rows = memory.db.conn.execute("SELECT number FROM migrations ORDER BY number").fetchall()
-    assert [r[0] for r in rows] == [1, 2]
+    assert [r[0] for r in rows] == [1, 2, 3]
     assert "semantic" in memory.db["writes"].columns_dict
 
 

@@ -106,9 +106,24 @@ class MemoryConfig:
         }
 
 
+# Leading words that do not change which thing a subject names, so "my
+# locker code", "the locker code" and "locker code" share one lookup key. All
+# of them are key-feature stop words too, so recall already ignores them.
+LEADING_DETERMINERS = frozenset({"the", "a", "an", "my", "our"})
+
+
 def normalize_subject(subject: str) -> str:
-    """Return the lookup key of a subject: case-folded, single-spaced, without end punctuation."""
-    return " ".join(subject.casefold().split()).strip(" .!?;:,")
+    """Return the lookup key of a subject.
+
+    The key is case-folded and single-spaced, without end punctuation and
+    without leading determiners; a subject that is only determiners keeps
+    its last word. Every lookup of a subject (live fact, history, undo)
+    goes through this function, and migration 3 re-keyed older logs with it.
+    """
+    words = subject.casefold().split()
+    while len(words) > 1 and words[0].strip(".,;:") in LEADING_DETERMINERS:
+        words = words[1:]
+    return " ".join(words).strip(" .!?;:,")
 
 
 def _check_text(name: str, text: Any, max_chars: int) -> str:

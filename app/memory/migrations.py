@@ -93,9 +93,58 @@ def _semantic_buckets(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE writes ADD COLUMN semantic TEXT")
 
 
+def _subject_keys_without_determiners(conn: sqlite3.Connection) -> None:
+    # Re-key every fact write with the current `normalize_subject`, which
+    # drops a leading "the", "a", "an", "my" or "our". Subjects that now
+    # share a key ("my locker code" and "the locker code") may share a state
+    # key too, where erasing one value erases the other. So every live value
+    # of such a key gets a logged forget, and then the newest value is taught
+    # again. Opening the memory replays these rows into the state, and the
+    # log still rebuilds the state exactly.
+    from app.memory.engine import normalize_subject
+
+    rows = conn.execute("SELECT id, subject FROM writes WHERE subject IS NOT NULL").fetchall()
+    conn.executemany(
+        "UPDATE writes SET subject_key = ? WHERE id = ?",
+        [(normalize_subject(subject), write_id) for write_id, subject in rows],
+    )
+    live = conn.execute(
+        "SELECT w.id, w.subject, w.subject_key, w.value, w.semantic FROM facts f JOIN writes w ON w.id = f.write_id "
+        "ORDER BY w.id"
+    ).fetchall()
+    by_key: dict[str, list[tuple]] = {}
+    for row in live:
+        by_key.setdefault(row[2], []).append(row)
+    conn.execute("DELETE FROM facts")
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    for subject_key, rows_of_key in by_key.items():
+        newest_id, newest_subject, _, newest_value, newest_semantic = rows_of_key[-1]
+        if len(rows_of_key) == 1:
+            conn.execute("INSERT INTO facts (subject_key, write_id) VALUES (?, ?)", (subject_key, newest_id))
+            continue
+        for write_id, subject, _, _, semantic in rows_of_key:
+            conn.execute(
+                "INSERT INTO writes (op, subject, subject_key, value, source, created_at, supersedes, live_after, "
+                "semantic) VALUES ('forget', ?, ?, NULL, 'migration', ?, ?, NULL, ?)",
+                (subject, subject_key, now, write_id, semantic),
+            )
+        cursor = conn.execute(
+            "INSERT INTO writes (op, subject, subject_key, value, source, created_at, semantic) "
+            "VALUES ('teach', ?, ?, ?, 'migration', ?, ?)",
+            (newest_subject, subject_key, newest_value, now, newest_semantic),
+        )
+        conn.execute("UPDATE writes SET live_after = ? WHERE id = ?", (cursor.lastrowid, cursor.lastrowid))
+        conn.execute("INSERT INTO facts (subject_key, write_id) VALUES (?, ?)", (subject_key, cursor.lastrowid))
+        logger.info(
+            "merged fact writes %s, which now share one subject key, into write %d",
+            [row[0] for row in rows_of_key], cursor.lastrowid,
+        )
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
     (1, "initial schema: writes, facts, documents, passages, turns", _initial_schema),
     (2, "semantic buckets of fact writes", _semantic_buckets),
+    (3, "subject keys without leading determiners", _subject_keys_without_determiners),
 ]
 
 

@@ -26,6 +26,9 @@ MAX_STATEMENT_CHARS = 2000
 def parse_statement(text: str) -> tuple[str, str] | None:
     """Split a statement into (subject, value), or return None when it is not one.
 
+    The subject keeps the words as typed. The engine's `normalize_subject`
+    makes its lookup key, so "my locker code" and "the locker code" are one fact.
+
     Examples:
         "remember that my locker code is 4312" -> ("my locker code", "4312")
         "the wifi password at the cabin is now x7" -> ("the wifi password at the cabin", "x7")
