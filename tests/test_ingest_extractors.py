@@ -189,6 +189,38 @@ def test_html_unclosed_dropped_element_drops_only_its_subtree():
     assert "nav" not in text
 
 
+def test_html_drops_link_lists_and_footer():
+    html = """<body>
+    <h2><a href="#install">Install</a></h2>
+    <ul class="toctree"><li><a href="json.html">json — JSON encoder</a>
+      <ul><li><a href="json.html#basic">Basic Usage</a></li></ul></li>
+    <li><a href="csv.html">csv — CSV File Reading</a></li></ul>
+    <p>See <a href="csv.html">csv</a> for reading rows from comma separated files.</p>
+    <p>Next: <a href="x.html">the walrus operator</a></p>
+    <pre><a href="os.html">os</a>.getcwd()</pre>
+    <div class="footer">Copyright 2001 and later</div>
+    <footer>Site footer</footer>
+    <div>Last <a href="z.html">paragraph link only</a></div></body>"""
+    text, headings = extract_html(html)
+    assert "JSON encoder" not in text
+    assert "Basic Usage" not in text
+    assert "CSV File Reading" not in text
+    assert "See csv for reading rows from comma separated files." in text
+    assert "walrus" not in text
+    assert "os.getcwd()" in text
+    assert "Copyright" not in text
+    assert "Site footer" not in text
+    assert "paragraph link only" not in text
+    assert [(h.level, h.title) for h in headings] == [(2, "Install")]
+    assert text[headings[0].offset :].startswith("Install")
+
+
+def test_html_link_only_page_keeps_its_headings():
+    text, headings = extract_html('<h1>Index</h1><ul><li><a href="a.html">abs()</a></li></ul>')
+    assert text.strip() == "Index"
+    assert [h.title for h in headings] == ["Index"]
+
+
 def test_pdf_text_is_extracted(tmp_path):
     path = tmp_path / "doc.pdf"
     path.write_bytes(make_pdf("The cabin key is under the blue pot"))

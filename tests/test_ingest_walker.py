@@ -118,3 +118,57 @@ def test_missing_or_file_root_is_rejected(tmp_path):
         list(walk_folder(tmp_path / "file.txt"))
     with pytest.raises(ValueError, match="max_file_bytes must be positive, got 0"):
         list(walk_folder(tmp_path, max_file_bytes=0))
+
+
+def make_sphinx_site(root: Path) -> None:
+    """Write the layout of a Sphinx HTML build: pages, a search index and its support folders."""
+    (root / "library").mkdir(parents=True)
+    (root / "_static").mkdir()
+    (root / "_sources" / "library").mkdir(parents=True)
+    (root / "index.html").write_text("<p>Welcome</p>")
+    (root / "library" / "json.html").write_text("<p>JSON encoder</p>")
+    (root / "searchindex.js").write_text("Search.setIndex({})")
+    (root / "_static" / "underscore.js").write_text("var create = function () {};")
+    (root / "_static" / "theme.css").write_text("body { margin: 0 }")
+    (root / "_sources" / "library" / "json.rst.txt").write_text("JSON encoder")
+
+
+def test_generated_site_support_files_are_skipped(tmp_path):
+    make_sphinx_site(tmp_path / "html")
+    files, skipped = walk(tmp_path / "html")
+    assert sorted(files) == ["index.html", "library/json.html"]
+    assert skipped == {}
+
+
+def test_generated_site_found_below_the_root(tmp_path):
+    make_sphinx_site(tmp_path / "docs" / "html")
+    (tmp_path / "notes.md").write_text("# Notes")
+    files, _ = walk(tmp_path)
+    assert sorted(files) == ["docs/html/index.html", "docs/html/library/json.html", "notes.md"]
+
+
+def test_site_assets_kept_when_asked(tmp_path):
+    make_sphinx_site(tmp_path)
+    files, _ = walk(tmp_path, skip_site_assets=False)
+    assert "_static/underscore.js" in files
+    assert "_sources/library/json.rst.txt" in files
+    assert "searchindex.js" in files
+
+
+def test_source_tree_keeps_code_and_underscore_folders(tmp_path):
+    (tmp_path / "_internal").mkdir()
+    (tmp_path / "static").mkdir()
+    (tmp_path / "_internal" / "helpers.py").write_text("def helper():\n    return 1\n")
+    (tmp_path / "static" / "app.js").write_text("export const answer = 42;\n")
+    (tmp_path / "style.css").write_text("body { margin: 0 }\n")
+    files, skipped = walk(tmp_path)
+    assert sorted(files) == ["_internal/helpers.py", "static/app.js", "style.css"]
+    assert skipped == {}
+
+
+def test_minified_bundle_is_skipped_with_reason(tmp_path):
+    (tmp_path / "vendor.min.js").write_text("var a=1;" * 100)
+    (tmp_path / "app.js").write_text("const a = 1;\n")
+    files, skipped = walk(tmp_path)
+    assert list(files) == ["app.js"]
+    assert skipped["vendor.min.js"].startswith("minified bundle")

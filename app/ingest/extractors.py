@@ -305,11 +305,18 @@ def _stream_text(path: Path, encoding: str) -> Iterator[str]:
 
 # HTML ----------------------------------------------------------------------
 
-# Elements whose content is never text for a reader.
-_HTML_DROPPED = frozenset({"script", "style", "noscript", "template", "svg", "math", "nav", "head"})
-_HTML_DROPPED_ROLES = frozenset({"navigation", "search"})
-# Sphinx and similar generators put a "¶" permalink after every heading.
-_HTML_DROPPED_CLASS = "headerlink"
+# Elements whose content is never text for a reader, or is the same
+# navigation and footer on every page of a site.
+_HTML_DROPPED = frozenset({"script", "style", "noscript", "template", "svg", "math", "nav", "head", "footer"})
+_HTML_DROPPED_ROLES = frozenset({"navigation", "search", "contentinfo"})
+# Sphinx and similar generators put a "¶" permalink after every heading, and
+# many themes mark the page footer with a "footer" class instead of a tag.
+_HTML_DROPPED_CLASSES = frozenset({"headerlink", "footer"})
+# A paragraph (a list item, table cell, ...) whose visible characters are
+# at least this fraction link text is navigation: a table of contents, an
+# index entry, a "next page" link. It is dropped, unless it is a heading or
+# preformatted text.
+MAX_LINK_FRACTION = 0.7
 _HTML_VOID = frozenset(
     {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 )
@@ -336,6 +343,13 @@ class _TextCollector(HTMLParser):
         self._heading: tuple[int, int] | None = None  # (level, offset)
         self._at_break = True
         self._pending_space = False
+        # The paragraph being collected: where it starts, how many visible
+        # characters it has and how many of them are link text.
+        self._link_depth = 0
+        self._paragraph_start = (0, 0)  # (piece count, text length)
+        self._paragraph_chars = 0
+        self._paragraph_link_chars = 0
+        self._paragraph_kept = False  # it has a heading or preformatted text
 
     # Dropped subtrees: count nested elements of the same name until it closes.
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -352,7 +366,7 @@ class _TextCollector(HTMLParser):
         if (
             tag in _HTML_DROPPED
             or (role is not None and role.lower() in _HTML_DROPPED_ROLES)
-            or _HTML_DROPPED_CLASS in classes.split()
+            or not _HTML_DROPPED_CLASSES.isdisjoint(classes.split())
         ):
             self._skip_tag, self._skip_depth = tag, 1
             return
@@ -362,6 +376,8 @@ class _TextCollector(HTMLParser):
             self._paragraph_break()
         if tag in _HTML_HEADINGS and self._heading is None:
             self._heading = (_HTML_HEADINGS[tag], self.length)
+        if tag == "a" and any(name == "href" for name, _ in attrs):
+            self._link_depth += 1
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if self._skip_tag is None and tag in ("br", "hr"):
@@ -376,6 +392,8 @@ class _TextCollector(HTMLParser):
             return
         if tag == "pre" and self._pre_depth:
             self._pre_depth -= 1
+        if tag == "a" and self._link_depth:
+            self._link_depth -= 1
         if tag in _HTML_HEADINGS and self._heading is not None:
             level, offset = self._heading
             text = self._text_since(offset).strip()
@@ -391,6 +409,7 @@ class _TextCollector(HTMLParser):
         if self._pre_depth:
             self._append(data)
             self._at_break = data.endswith("\n")
+            self._paragraph_kept = True
             return
         leading = data[:1].isspace()
         trailing = data[-1:].isspace()
@@ -403,6 +422,12 @@ class _TextCollector(HTMLParser):
         self._append(words)
         self._at_break = False
         self._pending_space = trailing
+        visible = len(words) - words.count(" ")
+        self._paragraph_chars += visible
+        if self._link_depth:
+            self._paragraph_link_chars += visible
+        if self._heading is not None:
+            self._paragraph_kept = True
 
     def _append(self, text: str) -> None:
         self.pieces.append(text)
@@ -410,9 +435,33 @@ class _TextCollector(HTMLParser):
 
     def _paragraph_break(self) -> None:
         if not self._at_break:
-            self._append("\n\n")
+            if self._is_navigation():
+                # Cut the paragraph; the text before it already ends in a break.
+                pieces, length = self._paragraph_start
+                del self.pieces[pieces:]
+                self.length = length
+            else:
+                self._append("\n\n")
             self._at_break = True
         self._pending_space = False
+        self._paragraph_start = (len(self.pieces), self.length)
+        self._paragraph_chars = self._paragraph_link_chars = 0
+        self._paragraph_kept = False
+
+    def drop_trailing_navigation(self) -> None:
+        """Give the last paragraph, which no block end closed, the navigation check."""
+        if not self._at_break and self._is_navigation():
+            pieces, length = self._paragraph_start
+            del self.pieces[pieces:]
+            self.length = length
+
+    def _is_navigation(self) -> bool:
+        return (
+            not self._paragraph_kept
+            and self._heading is None
+            and self._paragraph_chars > 0
+            and self._paragraph_link_chars >= MAX_LINK_FRACTION * self._paragraph_chars
+        )
 
     def _text_since(self, offset: int) -> str:
         # Walk back over the pieces appended after `offset`; headings are short.
@@ -430,9 +479,11 @@ class _TextCollector(HTMLParser):
 def extract_html(html: str) -> tuple[str, list[Heading]]:
     """Return the readable text of an HTML document and its h1–h6 headings.
 
-    Script, style, navigation and other non-text elements are dropped; block
-    elements become paragraph breaks and whitespace is collapsed outside
-    `<pre>`. Heading offsets index the returned text.
+    Script, style, navigation, footers and other non-text elements are
+    dropped, and so are paragraphs that are mostly link text
+    (`MAX_LINK_FRACTION`). Block elements become paragraph breaks and
+    whitespace is collapsed outside `<pre>`. Heading offsets index the
+    returned text.
     """
     collector = _TextCollector()
     try:
@@ -442,6 +493,7 @@ def extract_html(html: str) -> tuple[str, list[Heading]]:
         # html.parser raises these on a few malformed constructs in old
         # Python releases; what was collected so far is kept.
         logger.debug("HTML parser stopped early: %s", error)
+    collector.drop_trailing_navigation()
     text = "".join(collector.pieces)
     return text, collector.headings
 

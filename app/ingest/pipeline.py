@@ -223,6 +223,7 @@ def ingest_folder(
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     max_chars: int = DEFAULT_MAX_CHARS,
     pdf_timeout_s: float = DEFAULT_PDF_TIMEOUT_S,
+    skip_site_assets: bool = True,
 ) -> IngestReport:
     """Ingest every supported file under `folder` into `memory`; return the report.
 
@@ -231,7 +232,8 @@ def ingest_folder(
     `threading.Event`, checked between files. Files larger than
     `max_file_bytes` are skipped. Passages are at most `max_chars`
     characters. A PDF that takes longer than `pdf_timeout_s` seconds to parse
-    is recorded as failed.
+    is recorded as failed. `skip_site_assets` leaves out the support folders
+    and asset files of generated documentation sites (see `walker.py`).
 
     Raises `FileNotFoundError` or `NotADirectoryError` when `folder` is not a
     folder. Errors from the memory itself (disk full, memory in use) propagate
@@ -247,7 +249,9 @@ def ingest_folder(
     report = IngestReport(folder=root)
 
     # Walk first: the totals make the progress and ETA meaningful.
-    entries = list(walk_folder(root, max_file_bytes=max_file_bytes, cancel=is_cancelled))
+    entries = list(
+        walk_folder(root, max_file_bytes=max_file_bytes, cancel=is_cancelled, skip_site_assets=skip_site_assets)
+    )
     if is_cancelled():
         report.cancelled = True
         report.seconds = time.monotonic() - started

@@ -7,6 +7,23 @@ entries (names starting with ".", which covers .git, .hg and .svn) and
 well-known tool folders are skipped without a record, because they are not
 the user's documents. Every other file becomes either a `FileEntry` to
 extract or a `SkippedFile` with the reason.
+
+Built documentation sites get one more rule. A folder that contains a site
+generator's search index (`GENERATED_SITE_MARKERS`: Sphinx writes
+`searchindex.js` and `objects.inv`, MkDocs `search/search_index.json`) is
+a generated site. Inside it the walk skips, without a record:
+
+- the generator's support folders (`SITE_SUPPORT_DIR_NAMES`, and every
+  folder whose name starts with "_", which is how Sphinx names `_static`,
+  `_sources`, `_images` and `_downloads`). They contain bundled JavaScript and
+  CSS, images and plain-text copies of the pages' sources, which would
+  duplicate the pages or win recall with unrelated code;
+- the site's own JavaScript and CSS files and its search index.
+
+Everywhere else, source code (".js" included) and folders starting with "_"
+are walked as usual, and `skip_site_assets=False` turns the rule off.
+Minified bundles (`*.min.js`, `*.min.css`) are skipped anywhere, with a
+reason, because they are build output on one line.
 """
 
 from __future__ import annotations
@@ -37,6 +54,16 @@ SKIPPED_DIR_NAMES = frozenset(
 
 DEFAULT_MAX_FILE_BYTES = 512 * 1024 * 1024
 
+# A folder containing one of these paths is a site built by a documentation
+# generator: Sphinx (`searchindex.js`, `objects.inv`) or MkDocs.
+GENERATED_SITE_MARKERS = ("searchindex.js", "objects.inv", "search/search_index.json")
+# Support folders of generated sites besides the "_"-prefixed ones (MkDocs
+# puts its theme under assets/ and its search index under search/).
+SITE_SUPPORT_DIR_NAMES = frozenset({"assets", "search"})
+# Files of a generated site that are assets, not pages.
+SITE_ASSET_SUFFIXES = frozenset({".js", ".css", ".map"})
+MINIFIED_SUFFIXES = (".min.js", ".min.css")
+
 
 @dataclass(frozen=True)
 class FileEntry:
@@ -63,12 +90,18 @@ def is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
+def is_generated_site(folder: Path) -> bool:
+    """Return True when `folder` contains a documentation generator's search index (see the module docstring)."""
+    return any((folder / marker).is_file() for marker in GENERATED_SITE_MARKERS)
+
+
 def walk_folder(
     root: str | os.PathLike[str],
     *,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     sniff: bool = True,
     cancel: Callable[[], bool] | None = None,
+    skip_site_assets: bool = True,
 ) -> Iterator[FileEntry | SkippedFile]:
     """Yield every non-hidden file under `root` as a `FileEntry` or `SkippedFile`.
 
@@ -78,7 +111,9 @@ def walk_folder(
     directory that the walk has already entered is skipped with a log line.
     Files are skipped when they are larger than `max_file_bytes`, are not
     regular files, have a format no extractor reads, or look binary from
-    their first bytes (`sniff=False` turns the last check off).
+    their first bytes (`sniff=False` turns the last check off). Inside a
+    generated documentation site, its support folders and asset files are
+    left out (`skip_site_assets=False` keeps them).
 
     Raises `FileNotFoundError` or `NotADirectoryError` naming `root` when it is
     not a readable folder.
@@ -94,10 +129,13 @@ def walk_folder(
     root_stat = root_path.stat()
     visited: set[tuple[int, int]] = {(root_stat.st_dev, root_stat.st_ino)}
     # One iterator per open folder: a depth-first walk in name order that
-    # never recurses, however deep the tree.
-    stack: list[Iterator[os.DirEntry[str]]] = [_list_folder(root_path)]
+    # never recurses, however deep the tree. Beside each iterator: whether
+    # that folder is inside a generated site.
+    root_in_site = skip_site_assets and is_generated_site(root_path)
+    stack: list[tuple[Iterator[os.DirEntry[str]], bool]] = [(_list_folder(root_path), root_in_site)]
     while stack:
-        child = next(stack[-1], None)
+        children, in_site = stack[-1]
+        child = next(children, None)
         if child is None:
             stack.pop()
             continue
@@ -105,11 +143,25 @@ def walk_folder(
             return
         if is_hidden(child.name):
             continue
+        if in_site and _is_site_support(child):
+            logger.debug("not ingesting %s: a generated site's support file or folder", child.path)
+            continue
         item = _classify(Path(child.path), child, visited, max_file_bytes, sniff)
         if isinstance(item, Path):
-            stack.append(_list_folder(item))
+            stack.append((_list_folder(item), in_site or (skip_site_assets and is_generated_site(item))))
         elif item is not None:
             yield item
+
+
+def _is_site_support(entry: os.DirEntry[str]) -> bool:
+    """Return True for a generated site's support folder, asset file or search index."""
+    try:
+        is_dir = entry.is_dir(follow_symlinks=True)
+    except OSError:
+        return False
+    if is_dir:
+        return entry.name.startswith("_") or entry.name in SITE_SUPPORT_DIR_NAMES
+    return Path(entry.name).suffix.lower() in SITE_ASSET_SUFFIXES or entry.name in GENERATED_SITE_MARKERS
 
 
 def _list_folder(directory: Path) -> Iterator[os.DirEntry[str]]:
@@ -151,6 +203,8 @@ def _classify(
     if not stat.S_ISREG(info.st_mode):
         return SkippedFile(path, 0, mtime, "not a regular file (device, socket or pipe)")
     fmt = format_for_path(path)
+    if path.name.lower().endswith(MINIFIED_SUFFIXES):
+        return SkippedFile(path, size, mtime, "minified bundle: generated code on few lines, not a document")
     if fmt is None:
         return SkippedFile(path, size, mtime, f"unsupported file type {path.suffix or '(no extension)'}")
     if size > max_file_bytes:
