@@ -141,6 +141,32 @@ def test_read_only_folder_gives_clear_error(tmp_path, monkeypatch):
         assert memory.recall("What is the locker code?").items[0].value == "2"
 
 
+def test_read_only_log_gives_clear_error(tmp_path):
+    folder = tmp_path / "mem"
+    with Memory.open(folder, config=SMALL) as memory:
+        memory.teach("locker code", "1")
+        writes_before = memory.stats().writes
+
+        # query_only makes SQLite fail every write with SQLITE_READONLY, as a
+        # log file on a read-only mount does (root ignores a chmod).
+        memory.db.conn.execute("PRAGMA query_only = ON")
+        with pytest.raises(StorageError, match=f"memory log {folder}.*readonly.*make {folder} writable") as raised:
+            memory.teach("locker code", "2")
+        assert "teach" in str(raised.value)
+        with pytest.raises(StorageError, match="readonly"):
+            memory.forget("locker code")
+
+        # Nothing changed: the log, the live fact and recall all still give the old value.
+        assert memory.stats().writes == writes_before
+        assert [fact.value for fact in memory.facts()] == ["1"]
+        assert memory.recall("What is the locker code?").items[0].value == "1"
+
+        memory.db.conn.execute("PRAGMA query_only = OFF")
+        memory.teach("locker code", "2")
+    with Memory.open(folder, config=SMALL) as memory:
+        assert memory.recall("What is the locker code?").items[0].value == "2"
+
+
 @pytest.mark.timeout(300)
 def test_full_disk_keeps_memory_usable(tmp_path):
     folder = tmp_path / "mem"
