@@ -233,15 +233,14 @@ def check_memory_recall(
             attached = _attaches_autograd(memory)
 
             ctx.step(0.3, f"asking {len(questions)} questions")
-            top1 = _top1(memory, facts, questions, "value")
+            top1, _ = _top1(memory, facts, questions)
 
             # Re-teaching a subject is the engine's overwrite; the new value must win.
             ctx.step(0.5, f"overwriting {len(facts)} facts")
             for fact in facts:
                 memory.teach(fact["subject"], _new_value(fact["value"]), source="diagnostics")
             ctx.step(0.75, "asking again after the overwrite")
-            newest = _top1(memory, facts, questions, "new")
-            stale = _top1(memory, facts, questions, "value")
+            stale, newest = _top1(memory, facts, questions)
             attached = attached or _attaches_autograd(memory)
             bytes_after = memory.state_nbytes()
         finally:
@@ -290,14 +289,15 @@ def _new_value(value: str) -> str:
     return f"{value} (revised)"
 
 
-def _top1(memory: Any, facts: list[dict[str, Any]], questions: list[tuple[int, str]], which: str) -> float:
-    """Fraction of questions whose top recalled item carries the fact's value (or its revised value)."""
-    hits = 0
+def _top1(memory: Any, facts: list[dict[str, Any]], questions: list[tuple[int, str]]) -> tuple[float, float]:
+    """Ask every question once and return the fractions whose top recalled item carries (the value, the revised value)."""
+    original = revised = 0
     for index, question in questions:
-        expected = facts[index]["value"] if which == "value" else _new_value(facts[index]["value"])
         recall = memory.recall(question, k=1)
-        hits += int(bool(recall.items) and recall.items[0].value == expected)
-    return hits / len(questions)
+        top = recall.items[0].value if recall.items else None
+        original += int(top == facts[index]["value"])
+        revised += int(top == _new_value(facts[index]["value"]))
+    return original / len(questions), revised / len(questions)
 
 
 def _attaches_autograd(memory: Any) -> bool:

@@ -143,6 +143,7 @@ def test_markdown_escapes_table_pipes():
 
 
 import dataclasses
+import time
 from types import SimpleNamespace
 
 import torch
@@ -158,6 +159,7 @@ from hydralm.claims import (
     zero_gradient,
 )
 from hydralm.claims.budgets import MQARSetting
+from hydralm.claims.measure import time_call, torch_threads
 from hydralm.claims.runner import CheckContext
 from hydralm.fact_bank import FactBank
 
@@ -193,6 +195,16 @@ def test_linear_cost_measured_fails_for_quadratic_model():
     verdict = linear_cost.check_measured(budget, CTX, make_hydra=QuadraticModel, make_dense=QuadraticModel)
     assert verdict.passed is False
     assert verdict.measured["hydra_slope"] > linear_cost.MEASURED_HYDRA_SLOPE[1]
+
+
+def test_time_call_cpu_clock_skips_waiting():
+    # A call that only waits, as a forward does while other processes hold
+    # the cores: wall time counts the wait, the thread's CPU clock does not.
+    with torch_threads(1):
+        timing = time_call(lambda: time.sleep(0.02), repeats=2, min_cpu_seconds=1.0, max_runs=4)
+    assert timing.runs == 4
+    assert timing.wall_seconds >= 0.02
+    assert timing.cpu_seconds < 0.01
 
 
 class OracleMQAR(torch.nn.Module):
@@ -352,7 +364,9 @@ def test_zero_gradient_passes_for_fact_bank():
 
 @pytest.fixture(scope="module")
 def smoke_results():
-    return run_claims("smoke")
+    from claims_smoke import shared_smoke_checks
+
+    return run_claims("smoke", checks=shared_smoke_checks())
 
 
 def test_smoke_budget_covers_six_claims(smoke_results):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
@@ -58,7 +57,7 @@ async def test_analytic_gates_pass_with_details_plot_and_export(tmp_path):
         assert not failed, f"checks that did not pass: {failed}"
         assert all(row[3].strip() for row in table), "a row has no key measurement"
         state = str(screen.query_one("#diagnostics-state", Label).render())
-        assert state.startswith(f"done: {len(checks)} of {len(checks)} checks PASS at budget smoke"), state
+        assert state.startswith(f"done: {len(expected)} of {len(expected)} checks PASS at budget smoke"), state
 
         # Moving the cursor shows that check's details.
         table_widget = screen.query_one("#claims", DataTable)
@@ -84,22 +83,40 @@ async def test_analytic_gates_pass_with_details_plot_and_export(tmp_path):
         assert text.count("**PASS**") == len(table)
 
 
-@pytest.mark.skipif(
-    os.environ.get("HYDRA_TUI_FULL_DIAGNOSTICS") != "1",
-    reason="runs every check at smoke budget (minutes on a 2-core CPU); set HYDRA_TUI_FULL_DIAGNOSTICS=1",
-)
+def memory_engine_twin():
+    """The product's twin of claim 6 on the memory engine.
+
+    The chat-model twins are left out: loading that model takes longer than
+    the rest of the smoke run, and tests/test_diagnostics.py runs them.
+    """
+    from app.diagnostics import app_checks
+
+    return [check for check in app_checks("cpu") if check.name == "memory_engine_recall"]
+
+
 async def test_smoke_run_passes_all_six_claims():
-    app = HydraChatApp(load_chat_model=False)
+    from claims_smoke import shared_smoke_checks
+
+    from hydralm.claims import get_budget
+
+    checks = shared_smoke_checks(memory_engine_twin)
+    expected = [check for check in sorted(checks, key=lambda c: c.claim) if check.applies(get_budget("smoke"))]
+    app = HydraChatApp(load_chat_model=False, claim_checks=checks)
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_diagnostics(pilot, app)
         await pilot.press("r")
-        await wait_for(pilot, lambda: screen.cancel is None and screen.results, timeout=1800, what="the smoke run")
+        await wait_for(pilot, lambda: screen.cancel is None and screen.results, timeout=900, what="the smoke run")
+
         table = rows(screen)
         assert {row[0] for row in table} == {"1", "2", "3", "4", "5", "6"}
+        assert [row[1] for row in table] == [check.title for check in expected]
         failed = [row for row in table if "PASS" not in row[4]]
         assert not failed, f"checks that did not pass: {failed}"
+        state = str(screen.query_one("#diagnostics-state", Label).render())
+        assert state.startswith(f"done: {len(expected)} of {len(expected)} checks PASS at budget smoke"), state
         assert screen.recall_points, "the recall curve was not measured"
         assert all(0.0 <= top1 <= 1.0 for top1 in screen.recall_points.values())
+        assert set(screen.cost_points) == {"HydraLM", "Transformer"}
 
 
 async def test_cancel_stops_the_run():

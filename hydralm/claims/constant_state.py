@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 
 from hydralm.claims.budgets import Budget
-from hydralm.claims.measure import rss_bytes
+from hydralm.claims.measure import release_free_memory, rss_bytes
 from hydralm.claims.runner import Check, CheckContext, Verdict
 
 logger = logging.getLogger(__name__)
@@ -104,8 +104,8 @@ def stream_and_measure(
     """Stream random tokens through `model` in chunks, threading the state.
 
     At each checkpoint (a cumulative token count) record the state's real
-    bytes and the process RSS. Returns the per-checkpoint numbers and whether
-    every logit was finite.
+    bytes and the process RSS, read after freed memory is returned to the
+    OS. Returns the per-checkpoint numbers and whether every logit was finite.
     """
     vocab_size = vocab_size or model.config.vocab_size
     generator = torch.Generator().manual_seed(4)
@@ -121,14 +121,17 @@ def stream_and_measure(
             next_target = next(t for t in targets if t > streamed)
             size = min(chunk, next_target - streamed)
             input_ids = torch.randint(0, vocab_size, (1, size), generator=generator)  # (1, C)
-            output = model(input_ids, state=state)
+            # Only the last position's logits are computed and checked, to keep the stream cheap.
+            output = model(input_ids, state=state, logits_to_keep=1)
             state = output.state
-            # Only the last position is checked, to keep the stream cheap.
             finite = finite and bool(torch.isfinite(output.logits[:, -1]).all())
             del output
             streamed += size
             if streamed in targets:
                 state_bytes[str(streamed)] = int(state.nbytes())
+                # Return freed blocks first, so the RSS counts live memory and not the
+                # allocator's cache of a larger chunk's (or another thread's) freed buffers.
+                release_free_memory()
                 rss[str(streamed)] = rss_bytes()
                 ctx.step(streamed / total, f"streamed {streamed:,} of {total:,} tokens")
     return {"state_bytes": state_bytes, "rss_bytes": rss, "logits_finite": finite}

@@ -1,15 +1,29 @@
-"""Measurement helpers shared by the claim checks: slopes, timers and memory."""
+"""Measurement helpers shared by the claim checks: slopes, timers, threads and memory."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import math
 import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+CHECK_TORCH_THREADS = 1
+"""Torch intra-op threads while a check runs.
+
+The claim models are small, so their operations are too short to split
+between threads. On a 2-core development machine a 2-thread pool made an MQAR
+training step 2 to 7 times slower than one thread, and slower the more other
+processes ran. One thread also makes `cpu_seconds` below count all of a
+forward's work, because every operation runs on the calling thread.
+"""
 
 
 def loglog_slope(lengths: Sequence[float], costs: Sequence[float]) -> float:
@@ -44,6 +58,64 @@ def best_time(function: Callable[[], object], repeats: int) -> float:
         function()
         best = min(best, time.perf_counter() - start)
     return best
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Fastest of several runs of one call, by two clocks.
+
+    `cpu_seconds` is the CPU time of the calling thread (`time.thread_time`)
+    when torch runs one intra-op thread, else the CPU time of the whole
+    process. Unlike wall time it does not count the time the thread waits
+    while other processes hold the cores, so it is the clock the
+    wall-clock-twin gates read on a shared machine.
+    """
+
+    wall_seconds: float
+    cpu_seconds: float
+    runs: int
+
+
+def cpu_clock() -> Callable[[], float]:
+    """Return the CPU clock that covers all of torch's work in this thread (see `Timing`)."""
+    return time.thread_time if torch.get_num_threads() == 1 else time.process_time
+
+
+def time_call(function: Callable[[], object], repeats: int, min_cpu_seconds: float = 0.0, max_runs: int = 50) -> Timing:
+    """Run `function` at least `repeats` times and return the minimum of each clock.
+
+    Short calls run again until their CPU time adds up to `min_cpu_seconds`
+    (at most `max_runs` runs), so a length whose forward takes a few
+    milliseconds is not judged from two samples of scheduler noise.
+    """
+    cpu_now = cpu_clock()
+    best_wall = best_cpu = math.inf
+    total_cpu = 0.0
+    runs = 0
+    while runs < max(1, repeats) or (total_cpu < min_cpu_seconds and runs < max_runs):
+        wall_start, cpu_start = time.perf_counter(), cpu_now()
+        function()
+        cpu = cpu_now() - cpu_start
+        best_wall = min(best_wall, time.perf_counter() - wall_start)
+        best_cpu = min(best_cpu, cpu)
+        total_cpu += cpu
+        runs += 1
+    return Timing(wall_seconds=best_wall, cpu_seconds=best_cpu, runs=runs)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Set torch's intra-op thread count inside the block and restore it on exit.
+
+    NOTE: the count is process-wide, so other threads of the process (a chat
+    reply generated while the checks run) also use `count` threads meanwhile.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def release_free_memory() -> None:

@@ -16,12 +16,15 @@ HydraLM wins or loses there.
 from __future__ import annotations
 
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import torch
 
 from hydralm.claims.budgets import Budget, MQARSetting
-from hydralm.claims.runner import Check, CheckContext, Verdict
+from hydralm.claims.measure import torch_threads
+from hydralm.claims.runner import Check, CheckCancelled, CheckContext, Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -33,15 +36,62 @@ ModelFactory = Callable[[int], torch.nn.Module]
 """Builds a fresh model for a vocabulary size."""
 
 
-def train_and_evaluate(
-    make_model: ModelFactory,
+def train_pair(
+    make_hydra: ModelFactory,
+    make_dense: ModelFactory,
     setting: MQARSetting,
     ctx: CheckContext,
-    label: str,
-    progress_span: tuple[float, float],
     seed: int = 0,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train HydraLM and the dense Transformer on `setting` at the same time, one thread each.
+
+    The two runs share nothing but the task and its batches, so on a 2-core
+    machine each gets a core, with one torch intra-op thread. Both models are
+    built first, each right after seeding torch with `seed`, so a run is
+    reproducible. `train_seconds` in each record is wall time while
+    the other run shares the machine. Returns the records of (HydraLM,
+    Transformer).
+    """
+    torch.manual_seed(seed)
+    hydra_model = make_hydra(setting.vocab_size)
+    torch.manual_seed(seed)
+    dense_model = make_dense(setting.vocab_size)
+
+    steps_done = {"HydraLM": 0, "Transformer": 0}
+    lock = threading.Lock()
+    failed = threading.Event()
+
+    def run(model: torch.nn.Module, label: str) -> dict[str, Any]:
+        def report(step: int, steps: int, loss: float) -> None:
+            with lock:
+                steps_done[label] = step
+                fraction = sum(steps_done.values()) / (2 * steps)
+                ctx.step(fraction, f"{label}: step {step} of {steps}, loss {loss:.3f}")
+
+        try:
+            return _train(model, setting, ctx, report, seed, stop=failed)
+        except BaseException:
+            failed.set()  # the other run stops at its next step instead of training to the end
+            raise
+
+    with torch_threads(1), ThreadPoolExecutor(max_workers=2, thread_name_prefix="mqar") as pool:
+        hydra_run = pool.submit(run, hydra_model, "HydraLM")
+        dense_run = pool.submit(run, dense_model, "Transformer")
+        return hydra_run.result(), dense_run.result()
+
+
+def _train(
+    model: torch.nn.Module,
+    setting: MQARSetting,
+    ctx: CheckContext,
+    report: Callable[[int, int, float], None],
+    seed: int,
+    stop: threading.Event,
 ) -> dict[str, Any]:
-    """Train a fresh model on `setting` and return its held-out accuracy and training record."""
+    """Train `model` on `setting`, then score it; `report` gets every twentieth step.
+
+    Raises `CheckCancelled` at the next step once `ctx` is cancelled or `stop` is set.
+    """
     from hydralm.mqar import MQARConfig, evaluate_mqar, train_mqar
 
     task = MQARConfig(
@@ -50,14 +100,14 @@ def train_and_evaluate(
         num_kv_pairs=setting.num_kv_pairs,
         num_queries=setting.num_queries,
     )
-    torch.manual_seed(seed)
-    model = make_model(setting.vocab_size)
-    start, end = progress_span
     report_every = max(1, setting.steps // 20)
 
     def on_step(step: int, steps: int, loss: float) -> None:
+        ctx.raise_if_cancelled()
+        if stop.is_set():
+            raise CheckCancelled(ctx.name)
         if step % report_every == 0 or step == steps:
-            ctx.step(start + (end - start) * step / steps, f"{label}: step {step} of {steps}, loss {loss:.3f}")
+            report(step, steps, loss)
 
     record = train_mqar(
         model,
@@ -103,8 +153,7 @@ def check_reference(
     from hydralm.claims import subjects
 
     setting = budget.mqar
-    hydra = train_and_evaluate(make_hydra or subjects.make_mqar_hydra, setting, ctx, "HydraLM", (0.0, 0.5))
-    dense = train_and_evaluate(make_dense or subjects.make_mqar_dense, setting, ctx, "Transformer", (0.5, 1.0))
+    hydra, dense = train_pair(make_hydra or subjects.make_mqar_hydra, make_dense or subjects.make_mqar_dense, setting, ctx)
     ratio = hydra["accuracy"] / dense["accuracy"] if dense["accuracy"] > 0 else 0.0
     gated = {"dense": dense, "hydra": hydra}[setting.gated_model]
     passed = gated["accuracy"] > DENSE_ACCURACY_MIN and ratio >= RATIO_MIN
@@ -144,8 +193,7 @@ def check_harder(
     setting = budget.mqar_hard
     if setting is None:
         raise ValueError(f"budget {budget.name!r} has no harder MQAR setting; run it at the paper budget")
-    dense = train_and_evaluate(make_dense or subjects.make_mqar_dense, setting, ctx, "Transformer", (0.0, 0.5))
-    hydra = train_and_evaluate(make_hydra or subjects.make_mqar_hydra, setting, ctx, "HydraLM", (0.5, 1.0))
+    hydra, dense = train_pair(make_hydra or subjects.make_mqar_hydra, make_dense or subjects.make_mqar_dense, setting, ctx)
     ratio = hydra["accuracy"] / dense["accuracy"] if dense["accuracy"] > 0 else 0.0
     passed = dense["accuracy"] >= HARD_DENSE_ACCURACY_MIN
     verdict_on_hydra = "matches" if ratio >= RATIO_MIN else "falls short of"

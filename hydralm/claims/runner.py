@@ -1,7 +1,7 @@
 """Run claim checks with progress reporting and cooperative cancellation.
 
-A check is a plain function `run(budget, ctx) -> Verdict`. The runner times
-it, turns an exception into a FAIL result carrying the error text, and turns
+A check is a plain function `run(budget, ctx) -> Verdict`. The runner runs
+it with `CHECK_TORCH_THREADS` torch threads, times it, turns an exception into a FAIL result carrying the error text, and turns
 a cancellation into a FAIL result whose notes read "cancelled". It never
 raises for a failing check, so a UI can always show one row per check.
 """
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from hydralm.claims.budgets import Budget, get_budget
+from hydralm.claims.measure import CHECK_TORCH_THREADS, torch_threads
 from hydralm.claims.result import KINDS, ClaimResult
 
 logger = logging.getLogger(__name__)
@@ -104,7 +105,8 @@ def run_check(
     start = time.perf_counter()
     try:
         ctx.raise_if_cancelled()
-        verdict = check.run(budget, ctx)
+        with torch_threads(CHECK_TORCH_THREADS):
+            verdict = check.run(budget, ctx)
         if not isinstance(verdict, Verdict):
             raise TypeError(f"check {check.name!r} returned {type(verdict).__name__}, expected Verdict")
         passed, thresholds, measured = bool(verdict.passed), verdict.thresholds, verdict.measured
