@@ -2,9 +2,10 @@
 
 Measures, on whatever CPU or GPU it runs on:
 
-1. forward wall time vs sequence length N = 2^10 .. 2^16 and the log-log
-   slope of each model (the dense model runs only while one forward stays
-   under --dense-limit-s);
+1. forward time vs sequence length N = 2^10 .. 2^16 and the log-log slope
+   of each model, from wall-clock time and from the CPU time of the calling
+   thread (the dense model runs only while one forward stays under
+   --dense-limit-s);
 2. per-token decode latency after 4K and after 1M streamed tokens, with the
    peak resident memory of each decode window (the dense model's after 4K
    and after --dense-context tokens, as its KV cache grows);
@@ -70,37 +71,72 @@ def random_ids(vocab_size: int, length: int, seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def timed(function) -> tuple[float, float]:
+    """Run `function` once; return (wall seconds, CPU seconds of this thread).
+
+    With one torch thread every operation runs on the calling thread, so its
+    CPU time is the work the forward did. Unlike wall time it does not grow
+    while other processes hold the cores, which on a shared machine is what
+    bends a wall-clock slope.
+    """
+    wall, cpu = time.perf_counter(), time.thread_time()
+    function()
+    return time.perf_counter() - wall, time.thread_time() - cpu
+
+
 def measure_forward(
     hydra: HydraLM, dense: TransformerLM, lengths: list[int], dense_limit_s: float, repeats: int
 ) -> dict:
     """Time one forward pass (last logits only) of each model at each length.
 
     Repeats go round-robin over all lengths and the fastest time per length
-    is kept, so a burst of load from other processes spoils one repeat of
-    one length instead of every repeat of it.
+    is kept (wall and CPU separately), so a burst of load from other
+    processes spoils one repeat of one length instead of every repeat of it.
     """
     inputs = {length: random_ids(hydra.config.vocab_size, length, seed=length) for length in lengths}
     hydra(inputs[lengths[0]], logits_to_keep=1)  # warm-up
     hydra_times = {length: float("inf") for length in lengths}
+    hydra_cpu = {length: float("inf") for length in lengths}
     dense_times: dict[int, float] = {}
+    dense_cpu: dict[int, float] = {}
     dense_lengths = list(lengths)
     for repeat in range(repeats):
         for length in lengths:
             ids = inputs[length]
-            hydra_times[length] = min(hydra_times[length], best_time(lambda: hydra(ids, logits_to_keep=1), 1))
+            wall, cpu = timed(lambda: hydra(ids, logits_to_keep=1))
+            hydra_times[length] = min(hydra_times[length], wall)
+            hydra_cpu[length] = min(hydra_cpu[length], cpu)
             if length in dense_lengths:
-                seconds = best_time(lambda: dense(ids, logits_to_keep=1), 1)
-                dense_times[length] = min(dense_times.get(length, float("inf")), seconds)
-                if repeat == 0 and seconds > dense_limit_s:
+                wall, cpu = timed(lambda: dense(ids, logits_to_keep=1))
+                dense_times[length] = min(dense_times.get(length, float("inf")), wall)
+                dense_cpu[length] = min(dense_cpu.get(length, float("inf")), cpu)
+                if repeat == 0 and wall > dense_limit_s:
                     # Longer inputs would take at least four times as long.
                     dense_lengths = [n for n in dense_lengths if n <= length]
-            print(f"  forward repeat {repeat} N={length}: hydra {hydra_times[length]:.3f} s, "
-                  f"dense {dense_times.get(length)} s", file=sys.stderr, flush=True)
-    rows = [{"tokens": n, "hydra_s": hydra_times[n], "dense_s": dense_times.get(n)} for n in lengths]
-    hydra_slope = loglog_slope(lengths, [hydra_times[n] for n in lengths])
+            print(f"  forward repeat {repeat} N={length}: hydra {hydra_times[length]:.3f} s "
+                  f"({hydra_cpu[length]:.3f} CPU s), dense {dense_times.get(length)} s", file=sys.stderr, flush=True)
+    rows = [
+        {
+            "tokens": n,
+            "hydra_s": hydra_times[n],
+            "hydra_cpu_s": hydra_cpu[n],
+            "dense_s": dense_times.get(n),
+            "dense_cpu_s": dense_cpu.get(n),
+        }
+        for n in lengths
+    ]
     dense_run = sorted(dense_times)
-    dense_slope = loglog_slope(dense_run, [dense_times[n] for n in dense_run]) if len(dense_run) >= 2 else None
-    return {"rows": rows, "hydra_slope": hydra_slope, "dense_slope": dense_slope}
+
+    def slope(times: dict[int, float], run: list[int]) -> float | None:
+        return loglog_slope(run, [times[n] for n in run]) if len(run) >= 2 else None
+
+    return {
+        "rows": rows,
+        "hydra_slope": slope(hydra_times, lengths),
+        "dense_slope": slope(dense_times, dense_run),
+        "hydra_cpu_slope": slope(hydra_cpu, lengths),
+        "dense_cpu_slope": slope(dense_cpu, dense_run),
+    }
 
 
 @torch.no_grad()
@@ -227,12 +263,27 @@ def measure_training(hydra: HydraLM, dense: TransformerLM, length: int) -> dict:
 
 
 def render_forward(forward: dict) -> list[str]:
-    lines = ["| N | HydraLM forward (s) | dense forward (s) |", "|---:|---:|---:|"]
+    lines = [
+        "| N | HydraLM wall (s) | HydraLM CPU (s) | dense wall (s) | dense CPU (s) |",
+        "|---:|---:|---:|---:|---:|",
+    ]
     for row in forward["rows"]:
-        dense = "not run" if row["dense_s"] is None else f"{row['dense_s']:.3f}"
-        lines.append(f"| {row['tokens']:,} | {row['hydra_s']:.3f} | {dense} |")
-    dense_slope = "n/a" if forward["dense_slope"] is None else f"{forward['dense_slope']:.2f}"
-    return lines + ["", f"Log-log slope: HydraLM {forward['hydra_slope']:.2f}, dense {dense_slope}.", ""]
+        if row["dense_s"] is None:
+            dense = "not run | not run"
+        else:
+            dense = f"{row['dense_s']:.3f} | {row['dense_cpu_s']:.3f}"
+        lines.append(f"| {row['tokens']:,} | {row['hydra_s']:.3f} | {row['hydra_cpu_s']:.3f} | {dense} |")
+
+    def show(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.2f}"
+
+    return lines + [
+        "",
+        f"Log-log slope from wall time: HydraLM {show(forward['hydra_slope'])}, dense {show(forward['dense_slope'])}.",
+        f"Log-log slope from CPU time: HydraLM {show(forward['hydra_cpu_slope'])}, "
+        f"dense {show(forward['dense_cpu_slope'])}.",
+        "",
+    ]
 
 
 def render_decode(decode: dict) -> list[str]:
