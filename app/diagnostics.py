@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -389,12 +390,15 @@ def run_diagnostics(
         print(format_result_line(result), file=stream, flush=True)
 
     extra = app_checks(device) if include_app_checks else []
+    load_at_start = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     started = time.perf_counter()
     results = run_claims(
         selected.name, progress=progress, cancel=cancel, extra_checks=extra, on_result=print_line, checks=checks
     )
     seconds = time.perf_counter() - started
     meta = run_metadata(selected.name, seconds, results)
+    if load_at_start is not None:
+        meta["load_average_1min_at_start"] = load_at_start
     write_reports(results, meta, markdown, json_file)
 
     passed = sum(result.passed for result in results)

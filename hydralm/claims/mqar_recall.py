@@ -6,11 +6,11 @@ vocab 64). The Transformer's accuracy must exceed 0.5, and HydraLM's must be
 at least 0.9 of it. With 2 pairs a model that outputs either stored value
 scores 0.5, so this setting separates little.
 
-Measured twin: a harder setting (8 pairs, seq_len 64, vocab 8192 at the
-paper budget) in which the dense Transformer reaches >= 0.9. Its gate is
-only that the Transformer learns the task, which makes the setting
-meaningful; HydraLM's accuracy and ratio are reported as measured, whether
-HydraLM wins or loses there.
+Measured twin: a harder setting (at the paper budget 8 pairs, seq_len 64,
+vocab 256, every key queried as in Zoology) in which the dense Transformer
+must reach >= 0.9. Its gate is only that the Transformer learns the task,
+which makes the setting a valid comparison; HydraLM's accuracy and ratio are
+reported as measured, whether HydraLM wins or loses there.
 """
 
 from __future__ import annotations
@@ -197,6 +197,13 @@ def check_harder(
     ratio = hydra["accuracy"] / dense["accuracy"] if dense["accuracy"] > 0 else 0.0
     passed = dense["accuracy"] >= HARD_DENSE_ACCURACY_MIN
     verdict_on_hydra = "matches" if ratio >= RATIO_MIN else "falls short of"
+    guess = 1 / setting.num_kv_pairs
+    validity = (
+        "The Transformer learned the task, so the setting is a valid comparison."
+        if passed
+        else f"The Transformer did not learn the task in {setting.steps} steps (accuracy {dense['accuracy']:.3f}, "
+        f"near the {guess:.3f} of picking any stored value), so the setting is not a valid comparison here."
+    )
     return Verdict(
         passed=passed,
         thresholds={
@@ -205,10 +212,11 @@ def check_harder(
         },
         measured={"setting": _setting_dict(setting), "hydra": hydra, "dense": dense, "hydra_over_dense": ratio},
         notes=(
-            f"{setting.num_kv_pairs} pairs, seq_len {setting.seq_len}, vocab {setting.vocab_size}: outputting "
-            f"any stored value would score {1 / setting.num_kv_pairs:.3f}. The gate asks only that the "
-            f"Transformer learns the task (>= {HARD_DENSE_ACCURACY_MIN}); HydraLM {verdict_on_hydra} the "
-            f"reference ratio of {RATIO_MIN} here (ratio {ratio:.2f})."
+            f"{setting.num_kv_pairs} pairs, seq_len {setting.seq_len}, vocab {setting.vocab_size}, "
+            f"{setting.num_queries} queries per example, {setting.steps} steps of batch {setting.batch_size} "
+            f"(peak lr {setting.learning_rate:g}): outputting any stored value would score {guess:.3f}. "
+            f"The gate asks only that the Transformer learns the task (>= {HARD_DENSE_ACCURACY_MIN}). "
+            f"{validity} HydraLM {verdict_on_hydra} the reference ratio of {RATIO_MIN} here (ratio {ratio:.2f})."
         ),
         summary=f"HydraLM {hydra['accuracy']:.3f} vs Transformer {dense['accuracy']:.3f}",
     )

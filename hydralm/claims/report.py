@@ -20,6 +20,9 @@ CLAIM_TITLES = {
     6: "Zero-gradient test-time learning",
 }
 
+REFERENCE_PAPER_SECONDS = 169
+"""Runtime of the reference report (RESULTS.md of the HydraLM research code, budget "paper", CPU)."""
+
 
 def machine_info() -> dict[str, Any]:
     """Describe the machine a run happened on: CPU, cores, memory, software versions."""
@@ -76,12 +79,12 @@ def render_markdown(results: list[ClaimResult], meta: dict[str, Any]) -> str:
         "",
         f"- Budget: `{meta.get('budget', '?')}`",
         f"- Date: {meta.get('date', '?')}",
-        f"- Runtime: {meta.get('seconds', 0):.1f} s for all checks",
+        f"- Runtime: {meta.get('seconds', 0):.1f} s for all checks{_reference_runtime(meta)}",
         f"- Machine: {machine.get('cpu', '?')}, {machine.get('cpu_count', '?')} cores, "
         f"{machine.get('memory_gib', '?')} GiB, {machine.get('platform', '?')}, "
         f"Python {machine.get('python', '?')}, torch {machine.get('torch', '?')} "
         f"({machine.get('torch_threads', '?')} threads)",
-        f"- Load average (1 min) at the end of the run: {machine.get('load_average_1min', '?')}",
+        f"- Load average (1 min): {_load_averages(meta, machine)}",
         f"- Result: {passed} of {len(results)} checks PASS",
         "",
         "`analytic` checks evaluate cost formulas; `measured` checks run the models on this machine.",
@@ -117,6 +120,19 @@ def render_markdown(results: list[ClaimResult], meta: dict[str, Any]) -> str:
             lines += ["", "Thresholds:", "", "```json", _pretty(result.thresholds), "```"]
             lines += ["", "Measured:", "", "```json", _pretty(result.measured), "```"]
     return "\n".join(lines) + "\n"
+
+
+def _reference_runtime(meta: dict[str, Any]) -> str:
+    """Return the reference run's time for comparison, or "" at budgets it did not run."""
+    if meta.get("budget") != "paper":
+        return ""
+    return f" (the reference run at this budget took {REFERENCE_PAPER_SECONDS} s on a CPU)"
+
+
+def _load_averages(meta: dict[str, Any], machine: dict[str, Any]) -> str:
+    end = f"{machine.get('load_average_1min', '?')} at the end of the run"
+    start = meta.get("load_average_1min_at_start")
+    return end if start is None else f"{start} at the start, {end}"
 
 
 def _table_cell(text: str) -> str:
