@@ -57,7 +57,7 @@ async def test_analytic_gates_pass_with_details_plot_and_export(tmp_path):
         assert not failed, f"checks that did not pass: {failed}"
         assert all(row[3].strip() for row in table), "a row has no key measurement"
         state = str(screen.query_one("#diagnostics-state", Label).render())
-        assert state.startswith(f"done: {len(expected)} of {len(expected)} checks PASS at budget smoke"), state
+        assert state.startswith(f"done: {len(checks)} of {len(checks)} checks PASS at budget smoke"), state
 
         # Moving the cursor shows that check's details.
         table_widget = screen.query_one("#claims", DataTable)

@@ -319,12 +319,12 @@ def _app_checks(device: str) -> list[Any]:
 
 
 def cost_series(results: list[Any]) -> dict[str, Any]:
-    """Pick (N, cost) points per model from the claim-1 results: measured seconds when present, else FLOPs."""
+    """Pick (N, cost) points per model from the claim-1 results: measured CPU seconds when present, else FLOPs."""
     for result in results:
         measured = result.measured
         if result.claim == 1 and "hydra_seconds" in measured and "dense_seconds" in measured:
             return {
-                "unit": "seconds",
+                "unit": "CPU seconds",
                 "HydraLM": _points(measured["hydra_seconds"]),
                 "Transformer": _points(measured["dense_seconds"]),
             }
