@@ -342,13 +342,13 @@ def _import(module: str) -> Any:
         ) from error
 
 
-def _open_memory(args: argparse.Namespace):
+def _open_memory(args: argparse.Namespace, warm_up_encoder: bool = True):
     memory_module = _import("app.memory")
     data_dir = args.data_dir
     if data_dir is not None and data_dir.exists() and not data_dir.is_dir():
         raise CliError(f"--data-dir {data_dir} is a file, not a folder; give a folder path", EXIT_USAGE)
     try:
-        return memory_module.Memory.open(data_dir=data_dir)
+        return memory_module.Memory.open(data_dir=data_dir, warm_up_encoder=warm_up_encoder)
     except memory_module.MemoryInUseError as error:
         raise CliError(f"{error}; close the other hydra-chat first, or wait for it to finish") from error
 
@@ -657,7 +657,8 @@ def _ingest_once(args: argparse.Namespace, folder: Path):
 
     console = Console(stderr=True)
     cancel = threading.Event()
-    with _open_memory(args) as memory, Progress(
+    # Documents never use the sentence encoder, so it is not loaded.
+    with _open_memory(args, warm_up_encoder=False) as memory, Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.fields[files]}"),

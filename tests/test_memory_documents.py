@@ -80,3 +80,23 @@ def test_ingest_folder_then_rerun_handles_changes(tmp_path, memory):
     texts = " ".join(item.text for item in memory.recall("spark plug of the outboard motor").items)
     assert "spark plug" not in texts
     assert "sold in June" in texts
+
+
+def test_passage_rerank_matches_exact_search(tmp_path):
+    from app.memory.recall import ExactIndex
+
+    # A tiny passage state holding many passages: its clean-up order is noisy,
+    # and re-ranking every candidate must give the order of exact search.
+    config = MemoryConfig(
+        fact_key_dim=1 << 10, fact_value_dim=32, passage_key_dim=1 << 10, passage_value_dim=16,
+        semantic=False, passage_rerank_top=1000,
+    )
+    words = "harbour engine mooring fee ledger invoice anchor sail rope tide chart compass beacon keel mast".split()
+    texts = [f"{words[i % 15]} {words[(3 * i) % 15]} {words[(7 * i + 1) % 15]} note {i}" for i in range(300)]
+    with Memory.open(tmp_path / "mem", config=config) as memory:
+        memory.add_document("log.txt", "a" * 64, 1, 1.0, [Passage(t, 40 * i) for i, t in enumerate(texts)])
+        rows = memory.db.conn.execute("SELECT id, text FROM passages ORDER BY id").fetchall()
+        exact = ExactIndex(memory.passages_state, [r[1] for r in rows], [r[0] for r in rows])
+        for question in ("Where is the mooring fee ledger?", "What does the beacon on the keel do?"):
+            expected = exact.search(question, k=1)[0][0]
+            assert memory.recall(question, k=5).items[0].item_id == expected, question

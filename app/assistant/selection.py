@@ -50,8 +50,14 @@ class SentenceEncoder:
         self.device = device
 
     @classmethod
-    def from_installed(cls) -> SentenceEncoder | None:
-        """Load the encoder from its installed package, or return None when it is missing."""
+    def from_installed(cls):
+        """Return the memory engine's process-wide encoder, or None when its package is missing.
+
+        Sharing it means one `ask` loads MiniLM once: the engine loads the
+        same weights for its semantic keys.
+        """
+        from app.memory.semantic import EncoderUnavailableError, get_encoder
+
         spec = importlib.util.find_spec(ENCODER_PACKAGE)
         if spec is None or not spec.submodule_search_locations:
             logger.warning(
@@ -60,8 +66,11 @@ class SentenceEncoder:
                 ENCODER_PACKAGE,
             )
             return None
-        folder = Path(list(spec.submodule_search_locations)[0]) / "model"
-        return cls(folder)
+        try:
+            return get_encoder()
+        except EncoderUnavailableError as error:
+            logger.warning("sentence encoder not loaded (%s); recalled facts keep the engine's order", error)
+            return None
 
     @torch.inference_mode()
     def encode(self, texts: list[str]) -> torch.Tensor:

@@ -71,15 +71,17 @@ def _hash(kind: str, feature: str) -> int:
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _word_hashes(word: str, weights: FeatureWeights) -> tuple[tuple[int, float], ...]:
-    """Return the (hash, weight) pairs of a word's own feature and its character n-grams."""
-    out = [(_hash("w", word), weights.word)]
+def _word_hashes(word: str, weights: FeatureWeights) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """Return the hashes and weights of a word's own feature and its character n-grams."""
+    hashes = [_hash("w", word)]
+    weight_list = [weights.word]
     if weights.char > 0:
         padded = f"<{word}>"
         for n in range(weights.char_min, weights.char_max + 1):
             for i in range(len(padded) - n + 1):
-                out.append((_hash("c", padded[i : i + n]), weights.char))
-    return tuple(out)
+                hashes.append(_hash("c", padded[i : i + n]))
+                weight_list.append(weights.char)
+    return tuple(hashes), tuple(weight_list)
 
 
 def text_features(text: str, weights: FeatureWeights = FACT_WEIGHTS) -> list[tuple[str, str, float]]:
@@ -127,25 +129,32 @@ def hashed_features(
         features cancelled exactly are dropped.
     """
     words = content_words(text)
-    hashes: list[tuple[int, float]] = []
+    hashes: list[int] = []
+    weight_list: list[float] = []
     for word in words:
-        hashes.extend(_word_hashes(word, weights))
-    for left, right in zip(words, words[1:]):
-        hashes.append((_hash("b", f"{left} {right}"), weights.bigram))
-    for pair in _pairs(words, weights):
-        hashes.append((_hash("p", pair), weights.pair))
-
-    slots: dict[int, float] = {}
-    for h, weight in hashes:
-        slot = h % key_dim
-        sign = 1.0 if (h >> 63) & 1 else -1.0
-        slots[slot] = slots.get(slot, 0.0) + sign * weight
+        word_hashes, word_weights = _word_hashes(word, weights)
+        hashes.extend(word_hashes)
+        weight_list.extend(word_weights)
+    bigrams = [_hash("b", f"{left} {right}") for left, right in zip(words, words[1:])]
+    hashes.extend(bigrams)
+    weight_list.extend([weights.bigram] * len(bigrams))
+    pairs = [_hash("p", pair) for pair in _pairs(words, weights)]
+    hashes.extend(pairs)
+    weight_list.extend([weights.pair] * len(pairs))
+    hash_array = np.array(hashes, dtype=np.uint64)  # (F,)
+    slots = (hash_array % np.uint64(key_dim)).astype(np.int64)  # (F,)
+    signed = np.where((hash_array >> np.uint64(63)) == 1, 1.0, -1.0) * np.array(weight_list)  # (F,)
     if semantic_buckets:
-        weight = weights.semantic / np.sqrt(len(semantic_buckets))
-        for bucket in semantic_buckets:
-            slot = _hash("s", str(bucket)) % key_dim
-            slots[slot] = slots.get(slot, 0.0) + weight
-    index = np.fromiter(sorted(slots), dtype=np.int64, count=len(slots))
-    value = np.array([slots[i] for i in index], dtype=np.float64)
+        # Buckets always add with a positive sign.
+        bucket_hashes = np.array([_hash("s", str(bucket)) for bucket in semantic_buckets], dtype=np.uint64)
+        slots = np.concatenate([slots, (bucket_hashes % np.uint64(key_dim)).astype(np.int64)])
+        signed = np.concatenate([signed, np.full(len(bucket_hashes), weights.semantic / np.sqrt(len(bucket_hashes)))])
+    if len(slots) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+
+    # Sum the signed weights per slot in order of appearance (np.bincount
+    # adds them in index order, like a running sum per slot).
+    index, inverse = np.unique(slots, return_inverse=True)  # (n,), (F,)
+    value = np.bincount(inverse, weights=signed, minlength=len(index))  # (n,)
     keep = value != 0.0
     return index[keep], value[keep]

@@ -17,6 +17,7 @@ loaded once per process, on first use.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -30,6 +31,7 @@ import torch
 
 from app.memory.codes import item_codes
 from app.memory.errors import MemoryError_
+from app.memory.threads import one_torch_thread
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,9 @@ LSH_SALT = 0x51A5_4A54
 MAX_TOKENS = 128
 
 CACHE_SIZE = 8192
+# Encoder calls with at most this many texts (a question, a few subjects)
+# are too small to gain from torch's thread pool.
+SMALL_BATCH = 16
 
 _encoder_lock = threading.Lock()
 _encoder: SentenceEncoder | None = None
@@ -121,9 +126,15 @@ class SentenceEncoder:
 
     @torch.no_grad()
     def encode(self, texts: list[str]) -> torch.Tensor:
-        """Return the unit embeddings of `texts`, shape (N, 384), float32."""
+        """Return the unit embeddings of `texts`, shape (N, 384), float32.
+
+        Batches of up to `SMALL_BATCH` texts run on one torch thread (see
+        `threads.py`); larger batches keep torch's thread count.
+        """
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
-        hidden = self.model(**batch).last_hidden_state  # (N, T, 384)
+        threads = one_torch_thread() if len(texts) <= SMALL_BATCH else contextlib.nullcontext()
+        with threads:
+            hidden = self.model(**batch).last_hidden_state  # (N, T, 384)
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (N, T, 1)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)  # (N, 384)
         return torch.nn.functional.normalize(pooled, dim=-1)
@@ -151,6 +162,28 @@ def lsh_buckets(embedding: torch.Tensor) -> list[int]:
     powers = 2 ** torch.arange(LSH_BITS)  # (b,)
     buckets = (signs * powers).sum(dim=1) + torch.arange(LSH_TABLES) * (1 << LSH_BITS)  # (L,)
     return [int(b) for b in buckets]
+
+
+def bucket_bits(buckets: list[int]) -> np.ndarray:
+    """Recover the `tables * bits` hyperplane signs from a text's bucket ids, shape (640,), bool."""
+    if len(buckets) != LSH_TABLES:
+        raise ValueError(f"expected {LSH_TABLES} bucket ids, got {len(buckets)}")
+    values = np.asarray(buckets, dtype=np.int64) % (1 << LSH_BITS)  # (L,)
+    return ((values[:, None] >> np.arange(LSH_BITS)) & 1).astype(bool).reshape(-1)  # (L * b,)
+
+
+def sketch_cosine(first: list[int], second: list[int]) -> float:
+    """Estimate the cosine of two texts' embeddings from their bucket ids.
+
+    Each of the 640 hyperplanes separates two unit vectors with probability
+    angle / pi, so the fraction of disagreeing signs estimates the angle.
+    This reads every sign bit. A shared bucket needs all 10 of a table's
+    bits to agree, so counting shared buckets separates close texts far
+    more coarsely. It runs in numpy, because tiny
+    torch ops wait for torch's thread pool (see `partition.py`).
+    """
+    disagree = float(np.mean(bucket_bits(first) != bucket_bits(second)))
+    return float(np.cos(np.pi * disagree))
 
 
 def semantic_buckets(text: str) -> list[int]:
