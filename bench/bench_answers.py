@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import random
 import re
@@ -146,6 +147,10 @@ def select_subjects(rows: list[dict], count: int, seed: int) -> list[dict]:
     return [row for row in rows if row["subject"] in kept]
 
 
+def question_record(group: str, question: str, subject: str, expected: str | None) -> dict:
+    return {"group": group, "question": question, "subject": subject, "expected": expected}
+
+
 def build_questions(rows: list[dict], sizes: dict[str, int], seed: int, corpus_rows: list[dict]) -> list[dict]:
     """Return the questions of each group, sampled with `seed` (size 0: all)."""
     rng = random.Random(seed)
@@ -154,15 +159,15 @@ def build_questions(rows: list[dict], sizes: dict[str, int], seed: int, corpus_r
     pools: dict[str, list[dict]] = {group: [] for group in GROUPS}
     for row in rows:
         if row["kind"] == "fact" and row["subject"] not in overwritten | forgotten:
-            pools["taught"] += [{"group": "taught", "question": q, "expected": row["value"]} for q in row["questions"]]
+            pools["taught"] += [question_record("taught", q, row["subject"], row["value"]) for q in row["questions"]]
         elif row["kind"] == "overwrite" and row["subject"] not in forgotten:
             pools["overwrite"] += [
-                {"group": "overwrite", "question": q, "expected": row["expected"]} for q in row["questions"]
+                question_record("overwrite", q, row["subject"], row["expected"]) for q in row["questions"]
             ]
         elif row["kind"] == "forget":
-            pools["forgotten"] += [{"group": "forgotten", "question": q, "expected": None} for q in row["questions"]]
+            pools["forgotten"] += [question_record("forgotten", q, row["subject"], None) for q in row["questions"]]
     for row in never_taught(rows, 100, rng, corpus_rows):
-        pools["never"] += [{"group": "never", "question": row["questions"][0], "expected": None}]
+        pools["never"] += [question_record("never", row["questions"][0], row["subject"], None)]
 
     questions = []
     for group in GROUPS:
@@ -172,17 +177,22 @@ def build_questions(rows: list[dict], sizes: dict[str, int], seed: int, corpus_r
     return questions
 
 
-def wrong_value(answer: str, question: str, expected: str | None, all_values: set[str]) -> list[str]:
-    """List the values an answer states that are not the expected one."""
+def wrong_value(answer: str, question: str, subject: str, expected: str | None, all_values: set[str]) -> list[str]:
+    """List the values an answer states that are not the expected one.
+
+    A value-like span that the question, the fact's subject or the expected
+    value contains is not wrong: "The IP address of the willow-11 server is
+    198.51.100.49." repeats "IP" from the subject "IP address of the
+    willow-11 server", and restating what was asked states no value.
+    """
+    allowed = "\n".join((question, subject, expected or ""))
     wrong = [
         value
         for value in all_values
         if value != expected
-        and not (expected and states_value(expected, value))
-        and not states_value(question, value)
+        and not states_value(allowed, value)
         and states_value(answer, value)
     ]
-    allowed = question + "\n" + (expected or "")
     for span in value_spans(answer):
         if not states_value(allowed, span) and span not in wrong:
             wrong.append(span)
@@ -212,7 +222,7 @@ def run_strategy(memory, chat_model, name: str, questions: list[dict], all_value
                 "method": answer.method,
                 "seconds": seconds,
                 "value_ok": bool(item["expected"]) and states_value(answer.text, item["expected"]),
-                "wrong": wrong_value(answer.text, item["question"], item["expected"], all_values),
+                "wrong": wrong_value(answer.text, item["question"], item["subject"], item["expected"], all_values),
                 "unknown_ok": (not answer.known) and says_unknown(answer.text),
             }
         )
@@ -300,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     chat_model = load_chat_model(device="cpu", window=args.window)
     results: dict = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+        "load_average_start": os.getloadavg(),
         "model": chat_model.describe(),
         "seed": args.seed,
         "taught_subjects": sum(row["kind"] == "fact" for row in rows),
@@ -322,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
 
+    results["load_average_end"] = os.getloadavg()
+    if args.out is not None:
+        args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
     print(markdown(results))
     return 0
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -102,7 +103,7 @@ class ScriptedModel(torch.nn.Module):
         self.prompt_length = input_ids.shape[1]
         return SimpleNamespace(logits=self._logits(self.prompt_length)[None, None], state=self.prompt_length)
 
-    def step(self, token_ids, state):
+    def step(self, token_ids, state, reuse_state=False):
         return self._logits(state + 1)[None], state + 1
 
 
@@ -343,3 +344,39 @@ def test_garbled_answer_falls_back_to_quote(memory, chat_model):
     assert answer.method == "quoted"
     assert answer.attempts == 2
     assert answer.text == "The wifi password at the lab in Porto is 6isigq8j."
+
+
+# -- benchmark metric ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bench_answers():
+    path = Path(__file__).resolve().parent.parent / "bench" / "bench_answers.py"
+    spec = importlib.util.spec_from_file_location("bench_answers", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_wrong_value_allows_subject_words(bench_answers):
+    wrong = bench_answers.wrong_value(
+        "The IP address of the willow-11 server is 198.51.100.49.",
+        "Which address does the willow-11 server use?",
+        "IP address of the willow-11 server",
+        "198.51.100.49",
+        {"198.51.100.49", "192.0.2.149"},
+    )
+    assert wrong == []
+
+
+def test_wrong_value_flags_foreign_values(bench_answers):
+    values = {"peanuts", "gluten", "Quinn Duarte"}
+    question = "Which food must Mira Tanaka avoid?"
+    subject = "allergy of Mira Tanaka"
+    assert bench_answers.wrong_value("Mira Tanaka must avoid gluten.", question, subject, "peanuts", values) == [
+        "gluten"
+    ]
+    assert "Quinn Duarte" in bench_answers.wrong_value("Ask Quinn Duarte.", question, subject, "peanuts", values)
+    assert bench_answers.wrong_value("She avoids peanuts since 2019.", question, subject, "peanuts", values) == [
+        "2019"
+    ]
