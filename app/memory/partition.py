@@ -168,9 +168,12 @@ class DeltaRulePartition:
             torch.from_numpy(np.stack([inverse, owner])), torch.from_numpy(weight), (len(rows), count),
             check_invariants=False,
         )  # (R, P)
-        delta = torch.sparse.mm(keys, values.double())  # (R, V)
+        # In place, so that at most two (R, V) float64 arrays exist at once.
+        updated = torch.sparse.mm(keys, values.double()).numpy()  # (R, V)
         matrix = self.matrix.numpy()
-        matrix[rows] = (matrix[rows].astype(np.float64) + delta.numpy()).astype(np.float32)  # (R, V)
+        updated += matrix[rows]
+        matrix[rows] = updated  # (R, V), rounded to float32
+        del updated
 
     # Reads and writes ---------------------------------------------------------
 
