@@ -11,7 +11,7 @@ covers the lengths it can run here. Each length is timed by two clocks, wall
 time and the CPU time of the thread running the forward (see
 `hydralm.claims.measure.Timing`), and the fastest run counts. The gate reads
 the CPU-time slopes, because on a shared machine wall time also counts the
-time other processes hold the cores; the wall-time slopes are reported.
+time other processes hold the cores. The wall-time slopes are reported too.
 """
 
 from __future__ import annotations
