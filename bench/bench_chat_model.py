@@ -93,27 +93,46 @@ def hydra_prefill(model, ids: torch.Tensor, state, chunk: int = 1024):
     return logits, state
 
 
-@torch.inference_mode()
-def hydra_decode_rate(model, logits, state, steps: int) -> float:
-    token = torch.tensor([int(logits.argmax())])
-    started = time.perf_counter()
-    for _ in range(steps):
-        logits, state = model.step(token, state, reuse_state=True)
-        token = logits.argmax(-1)
-    return steps / (time.perf_counter() - started)
+def timed_rate(steps: int, run) -> tuple[float, float]:
+    """Run `run()`, which decodes `steps` tokens; return tokens per wall second and per CPU second.
+
+    CPU time is the whole process's. With one torch thread it is the model's
+    own cost per token, which does not change while other processes hold
+    the cores; with more threads it also counts their spin-waiting.
+    """
+    wall, cpu = time.perf_counter(), time.process_time()
+    run()
+    return steps / (time.perf_counter() - wall), steps / (time.process_time() - cpu)
 
 
 @torch.inference_mode()
-def hf_decode_rate(llama, cache, last_logits, steps: int) -> float:
-    token = last_logits.argmax(-1).view(1, 1)
+def hydra_decode_rate(model, logits, state, steps: int) -> tuple[float, float]:
+    # Decoding goes on from a copy, so the caller's state stays as it was.
+    state = state.clone()
+
+    def run() -> None:
+        nonlocal state
+        token = torch.tensor([int(logits.argmax())])
+        for _ in range(steps):
+            step_logits, state = model.step(token, state, reuse_state=True)
+            token = step_logits.argmax(-1)
+
+    return timed_rate(steps, run)
+
+
+@torch.inference_mode()
+def hf_decode_rate(llama, cache, last_logits, steps: int) -> tuple[float, float]:
     length = cache.get_seq_length()
-    started = time.perf_counter()
-    for _ in range(steps):
-        output = llama(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        token = output.logits[:, -1].argmax(-1).view(1, 1)
-    rate = steps / (time.perf_counter() - started)
+
+    def run() -> None:
+        token = last_logits.argmax(-1).view(1, 1)
+        for _ in range(steps):
+            output = llama(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            token = output.logits[:, -1].argmax(-1).view(1, 1)
+
+    rates = timed_rate(steps, run)
     cache.crop(length - cache.get_seq_length())  # a negative count removes that many tokens
-    return rate
+    return rates
 
 
 def section(name: str) -> None:
@@ -135,8 +154,11 @@ def main() -> None:
     parser.add_argument("--ppl-tokens", type=int, default=100_000, help="tokens of the perplexity text")
     parser.add_argument("--ppl-window", type=int, default=None, help="window of the perplexity passes (default --window)")
     parser.add_argument("--ppl-budget-s", type=float, default=300, help="time budget of each perplexity pass")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "chat_model.json")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     results: dict = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
@@ -248,10 +270,25 @@ def main() -> None:
                 hf_logits = output.logits[:, -1]
         hf_prefill_s += time.perf_counter() - started
         read = context
-        hydra_rate = hydra_decode_rate(model, logits, state, args.decode_steps)
-        hf_rate = hf_decode_rate(llama, cache, hf_logits, args.decode_steps)
-        decode.append({"context": context, "hydra_tok_s": hydra_rate, "hf_tok_s": hf_rate, "ratio": hydra_rate / hf_rate})
-        print(f"context {context}: HydraLM {hydra_rate:.2f} tok/s, HF {hf_rate:.2f} tok/s, ratio {hydra_rate / hf_rate:.2f}", flush=True)
+        hydra_rate, hydra_cpu_rate = hydra_decode_rate(model, logits, state, args.decode_steps)
+        hf_rate, hf_cpu_rate = hf_decode_rate(llama, cache, hf_logits, args.decode_steps)
+        decode.append(
+            {
+                "context": context,
+                "hydra_tok_s": hydra_rate,
+                "hf_tok_s": hf_rate,
+                "ratio": hydra_rate / hf_rate,
+                "hydra_tok_per_cpu_s": hydra_cpu_rate,
+                "hf_tok_per_cpu_s": hf_cpu_rate,
+                "cpu_ratio": hydra_cpu_rate / hf_cpu_rate,
+            }
+        )
+        print(
+            f"context {context}: HydraLM {hydra_rate:.2f} tok/s, HF {hf_rate:.2f} tok/s, ratio "
+            f"{hydra_rate / hf_rate:.2f}; per CPU second {hydra_cpu_rate:.2f} vs {hf_cpu_rate:.2f}, "
+            f"ratio {hydra_cpu_rate / hf_cpu_rate:.2f}",
+            flush=True,
+        )
         save()
     results["decode"] = decode
     results["prefill_tok_s"] = {"hydra": read / hydra_prefill_s, "hf": read / hf_prefill_s}
@@ -281,7 +318,7 @@ def main() -> None:
             marks.append({"tokens": streamed, "rss_mib": rss_mib(), "state_bytes": state.nbytes()})
             print(f"streamed {streamed}: RSS {marks[-1]['rss_mib']:.0f} MiB, state {state.nbytes()} bytes", flush=True)
     elapsed = time.perf_counter() - started
-    end_rate = hydra_decode_rate(model, logits, state, args.decode_steps)
+    end_rate, end_cpu_rate = hydra_decode_rate(model, logits, state, args.decode_steps)
     results["stream"] = {
         "tokens": streamed,
         "text_repeats": repeats,
@@ -293,6 +330,7 @@ def main() -> None:
         "rss_start_mib": rss_start,
         "rss_end_mib": rss_mib(),
         "decode_tok_s_at_end": end_rate,
+        "decode_tok_per_cpu_s_at_end": end_cpu_rate,
         "marks": marks,
     }
     print(f"streamed {streamed} tokens in {elapsed:.0f} s; decode at the end {end_rate:.2f} tok/s")
@@ -305,7 +343,7 @@ def main() -> None:
     ppl_window = args.ppl_window or args.window
     results["ppl_window"] = ppl_window
     perplexity = {}
-    for label in ("window+sinks", "window, no sinks", "inside one window"):
+    for label in ("window+sinks", "window, no sinks", "inside one window") if len(ppl_ids) > 1 else ():
         from dataclasses import replace
 
         from hydralm.convert.llama import build_hydra_lm
