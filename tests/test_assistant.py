@@ -14,7 +14,15 @@ import torch
 
 from app.assistant import Answer, Assistant, AssistantSettings
 from app.assistant import fidelity, prompting
-from app.assistant.decoding import CopyBias, DigitGuard, RepetitionPenalty, SpanForcer, greedy_generate
+from app.assistant.decoding import (
+    CopyBias,
+    DigitGuard,
+    RepetitionPenalty,
+    SpanForcer,
+    ValueBoundary,
+    greedy_generate,
+    word_token_mask,
+)
 from app.assistant.selection import ItemSelector, SentenceEncoder
 
 # -- fidelity checks -----------------------------------------------------------
@@ -143,6 +151,33 @@ def test_digit_guard_and_copy_bias_change_the_choice():
     assert logits.tolist() == [1.0, -4.0]
 
 
+def test_span_forcer_starts_at_word_boundary():
+    # Token ids stand for characters; the value is "192.119".
+    text = {0: " ", 1: "1", 2: "2", 3: ".", 9: "9"}
+    forcer = SpanForcer([[1, 9, 2, 3, 1, 1, 9]], decode=lambda ids: "".join(text[i] for i in ids), min_chars=2)
+    assert forcer.forced_token([0, 1, 9]) == 2
+    # After the complete value, its tail "19" is not a new beginning.
+    assert forcer.forced_token([0, 1, 9, 2, 3, 1, 1, 9]) is None
+
+
+def test_value_boundary_ends_a_complete_value():
+    # The model completes the value 5 6 7, then runs on into it again; token
+    # 0 is the stop token, the next best choice once the run-on is forbidden.
+    model = ScriptedModel([5, 6, 7, 5, 6, 7, 0], vocab_size=10)
+    word_tokens = torch.tensor([False, False, False, False, False, True, True, True, False, False])
+    boundary = ValueBoundary([[5, 6, 7]], word_tokens)
+    forcer = SpanForcer([[5, 6, 7]], decode=lambda ids: "".join(f"t{i}" for i in ids), min_chars=2)
+    result = greedy_generate(model, [1], max_new_tokens=8, stop_ids={0}, processors=[forcer, boundary])
+    assert result.token_ids == [5, 6, 7]
+    assert result.stop_reason == "eos"
+
+
+def test_word_token_mask_reads_space_markers():
+    pieces = ["Ġthe", "▁the", "9", "ing", ".", "<0x0A>", None, "Ċ"]
+    mask = word_token_mask(pieces, vocab_size=9)
+    assert mask.tolist() == [False, False, True, True, False, False, False, False, False]
+
+
 def test_generate_rejects_empty_prompt():
     with pytest.raises(ValueError, match="prompt_ids is empty"):
         greedy_generate(ScriptedModel([], 4), [], max_new_tokens=4, stop_ids={2})
@@ -245,6 +280,7 @@ def memory(tmp_path_factory):
     memory.teach("allergy of Greta Moreau", "kiwi")
     memory.forget("allergy of Greta Moreau")
     memory.teach("manager of team Nimbus 1", "Quinn Duarte")
+    memory.teach("IP address of the quartz-30 server", "192.0.2.119")
     yield memory
     memory.close()
 
@@ -281,6 +317,17 @@ def test_overwritten_date_gives_latest(assistant):
     assert answer.known
     assert fidelity.states_value(answer.text, "April 23"), answer.text
     assert not fidelity.states_value(answer.text, "October 22"), answer.text
+
+
+@pytest.mark.model
+@needs_model
+def test_address_is_not_run_on(assistant):
+    # Under the copy bias this answer once ran on as "192.0.2.1192.0.2.1…".
+    answer = _ask(assistant, "Which address does the quartz-30 server use?")
+    assert answer.known
+    assert answer.method == "model", answer.text
+    assert answer.attempts == 1, answer.text
+    assert fidelity.states_value(answer.text, "192.0.2.119"), answer.text
 
 
 @pytest.mark.model
@@ -380,3 +427,22 @@ def test_wrong_value_flags_foreign_values(bench_answers):
     assert bench_answers.wrong_value("She avoids peanuts since 2019.", question, subject, "peanuts", values) == [
         "2019"
     ]
+
+
+@needs_encoder
+def test_selection_weighs_attribute_of_same_entity(encoder):
+    # Both subjects name Priya Ivanova, so their whole-subject similarities
+    # to the question nearly tie; the attribute decides.
+    recall = SimpleNamespace(
+        known=True,
+        threshold=0.15,
+        items=[
+            _item("favourite colour of Priya Ivanova", "amber", 0.196, 1),
+            _item("allergy of Priya Ivanova", "kiwi", 0.193, 2),
+            _item("allergy of Sven Ivanova", "kiwi", 0.079, 3),
+        ],
+    )
+    selection = ItemSelector(encoder).select("Which food must Priya Ivanova avoid?", recall)
+    assert selection.fact is not None, selection.reason
+    assert selection.fact.value == "kiwi"
+    assert selection.fact.item_id == 2

@@ -37,7 +37,9 @@ from app.assistant.decoding import (
     LogitsProcessor,
     RepetitionPenalty,
     SpanForcer,
+    ValueBoundary,
     greedy_generate,
+    word_token_mask,
 )
 from app.assistant.selection import ItemSelector, SentenceEncoder
 
@@ -194,6 +196,7 @@ class Assistant:
             max_passages=self.settings.max_passages,
         )
         self._digit_tokens: torch.Tensor | None = None
+        self._word_tokens: torch.Tensor | None = None
 
     # -- public ---------------------------------------------------------
 
@@ -374,10 +377,12 @@ class Assistant:
 
     def _decode(self, prompt_ids, sources, bonus, max_new_tokens, cancel) -> Generation:
         allowed = {token for source in sources for token in source}
+        value_spans = sources[1:] if len(sources) > 1 else sources
         processors: list[LogitsProcessor] = [
             CopyBias(sources, bonus),
             DigitGuard(self._digit_mask(), allowed),
-            SpanForcer(sources[1:] if len(sources) > 1 else sources, self.tokenizer.decode),
+            SpanForcer(value_spans, self.tokenizer.decode),
+            ValueBoundary(value_spans, self._word_mask()),
         ]
         return greedy_generate(
             self.model,
@@ -390,15 +395,24 @@ class Assistant:
 
     def _digit_mask(self) -> torch.Tensor:
         if self._digit_tokens is None:
-            config = getattr(self.model, "config", None)
-            vocab_size = getattr(config, "vocab_size", None) or len(self.tokenizer)
+            vocab_size, pieces = self._vocab_pieces()
             mask = torch.zeros(vocab_size, dtype=torch.bool)  # (V,)
-            pieces = self.tokenizer.convert_ids_to_tokens(list(range(min(vocab_size, len(self.tokenizer)))))
             for token_id, piece in enumerate(pieces):
                 if piece is not None and any(ch.isdigit() for ch in piece):
                     mask[token_id] = True
             self._digit_tokens = mask
         return self._digit_tokens
+
+    def _vocab_pieces(self) -> tuple[int, list[str | None]]:
+        config = getattr(self.model, "config", None)
+        vocab_size = getattr(config, "vocab_size", None) or len(self.tokenizer)
+        return vocab_size, self.tokenizer.convert_ids_to_tokens(list(range(min(vocab_size, len(self.tokenizer)))))
+
+    def _word_mask(self) -> torch.Tensor:
+        if self._word_tokens is None:
+            vocab_size, pieces = self._vocab_pieces()
+            self._word_tokens = word_token_mask(pieces, vocab_size)
+        return self._word_tokens
 
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))

@@ -12,6 +12,11 @@ each step towards the text that memory holds:
   rest of the value's tokens are forced one by one.
 - `DigitGuard` forbids tokens that contain a digit unless the same token
   occurs in a source, so no number, code or address can be made up.
+- `ValueBoundary` ends a value once it is complete: right after the last
+  token of a remembered value, tokens that would glue more letters or digits
+  onto it are forbidden. Without it the copy bias can extend the value with
+  its own continuation: "192.0.2.119" followed by "2", because "2" follows
+  "9" inside "192".
 
 The decoder runs against the HydraLM streaming contract: `model(input_ids,
 state=None, logits_to_keep=1)` returns `.logits` (B, 1, V) and `.state`, and
@@ -71,7 +76,9 @@ class SpanForcer:
     `spans` are token sequences of the values (with and without a leading
     space). Forcing starts only when the matched beginning covers at least
     `min_chars` non-space characters, so a lone space or a single digit does
-    not lock the answer onto one value.
+    not lock the answer onto one value. It also starts only at a word
+    boundary: in "192.0.2.119" the tail "19" is the value's own beginning,
+    and forcing from there would run the value on into itself.
     """
 
     def __init__(
@@ -91,8 +98,13 @@ class SpanForcer:
             for length in range(min(len(span) - 1, len(generated)), 0, -1):
                 if generated[-length:] != span[:length]:
                     continue
-                if len(self.decode(span[:length]).strip()) < self.min_chars:
+                begun = self.decode(span[:length])
+                if len(begun.strip()) < self.min_chars:
                     break
+                if length < len(generated) and begun[:1].isalnum():
+                    before = self.decode(generated[-length - 1 : -length])
+                    if before[-1:].isalnum():
+                        continue
                 if best is None or length > best[0]:
                     best = (length, span[length])
                 break
@@ -119,6 +131,39 @@ class DigitGuard:
 
     def __call__(self, generated: list[int], logits: torch.Tensor) -> None:
         logits[: self.forbidden.numel()].masked_fill_(self.forbidden, float("-inf"))
+
+
+class ValueBoundary:
+    """Forbid word-continuing tokens right after a complete remembered value.
+
+    `word_tokens` is a (V,) bool mask, True where the token's text starts
+    with a letter or digit and so would extend the previous word or number.
+    A value extended that way is a different value ("555-71489" for
+    "555-7148"), which the fidelity check rejects anyway.
+    """
+
+    def __init__(self, spans: Iterable[Sequence[int]], word_tokens: torch.Tensor) -> None:
+        self.spans = [list(span) for span in spans if span]
+        self.word_tokens = word_tokens  # (V,)
+
+    def __call__(self, generated: list[int], logits: torch.Tensor) -> None:
+        if any(len(span) <= len(generated) and generated[-len(span):] == span for span in self.spans):
+            logits[: self.word_tokens.numel()].masked_fill_(self.word_tokens, float("-inf"))
+
+
+def word_token_mask(pieces: Sequence[str | None], vocab_size: int) -> torch.Tensor:
+    """Mark the tokens whose vocabulary piece starts with a letter or digit.
+
+    `pieces` are the tokenizer's raw pieces (`convert_ids_to_tokens`), in
+    which a leading space is a marker character ("Ġ" in byte-level BPE, "▁"
+    in SentencePiece), so a piece that starts with a letter or digit
+    continues the word before it. Returns a (vocab_size,) bool mask.
+    """
+    mask = torch.zeros(vocab_size, dtype=torch.bool)  # (V,)
+    for token_id, piece in enumerate(pieces[:vocab_size]):
+        if piece and piece[0] not in "Ġ▁Ċĉ" and piece[0].isalnum():
+            mask[token_id] = True
+    return mask
 
 
 @dataclass

@@ -8,7 +8,14 @@ therefore runs three steps over the items that clear the engine's threshold:
 1. drop items about another entity than the one the question names
    (`fidelity.entity_mismatch`);
 2. rerank the remaining facts by the sentence encoder's cosine similarity
-   between the question and the fact's subject, plus half the engine score;
+   between the question and the fact's subject, plus the similarity of
+   their attributes (step 3), plus half the engine score. The attribute term
+   decides between two facts about the same entity, whose whole subjects
+   score almost alike because the shared name dominates them: "Which food
+   must Priya Ivanova avoid?" is 0.60 from "allergy of Priya Ivanova" and
+   0.61 from "favourite colour of Priya Ivanova", but its attribute "Which
+   food must avoid?" is 0.21 from "allergy of" and 0.12 from "favourite
+   colour of";
 3. compare attributes, the question and each recalled subject with their
    entity words removed ("What is favourite colour?", "allergy of"), and
    reject the chosen fact when its attribute is below
@@ -158,7 +165,10 @@ class ItemSelector:
         similarity = embeddings[1 : 1 + count] @ embeddings[0]  # (N,)
         attribute_similarity = embeddings[2 + count :] @ embeddings[1 + count]  # (M,)
 
-        scores = [float(sim) + self.engine_score_weight * fact.score for sim, fact in zip(similarity, facts)]
+        scores = [
+            float(sim) + float(attribute_similarity[recalled_facts.index(fact)]) + self.engine_score_weight * fact.score
+            for sim, fact in zip(similarity, facts)
+        ]
         best = facts[max(range(count), key=scores.__getitem__)]
         best_attribute = float(attribute_similarity[recalled_facts.index(best)])
         top_attribute = float(attribute_similarity.max())
