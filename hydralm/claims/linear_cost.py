@@ -230,7 +230,7 @@ CHECKS = [
     Check(name="linear_cost", title="Forward FLOPs slope", claim=1, kind="analytic", run=check_analytic),
     Check(
         name="linear_cost_measured",
-        title="Forward wall-clock slope",
+        title="Forward time slope",
         claim=1,
         kind="measured",
         run=check_measured,

@@ -9,6 +9,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from hydralm.claims.measure import CHECK_TORCH_THREADS
 from hydralm.claims.result import ClaimResult, _jsonable, results_to_json
 
 CLAIM_TITLES = {
@@ -35,6 +36,7 @@ def machine_info() -> dict[str, Any]:
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "check_torch_threads": CHECK_TORCH_THREADS,
     }
     if hasattr(os, "getloadavg"):
         # Other processes inflate every wall-clock number; the load average shows by how much.
@@ -82,8 +84,7 @@ def render_markdown(results: list[ClaimResult], meta: dict[str, Any]) -> str:
         f"- Runtime: {meta.get('seconds', 0):.1f} s for all checks{_reference_runtime(meta)}",
         f"- Machine: {machine.get('cpu', '?')}, {machine.get('cpu_count', '?')} cores, "
         f"{machine.get('memory_gib', '?')} GiB, {machine.get('platform', '?')}, "
-        f"Python {machine.get('python', '?')}, torch {machine.get('torch', '?')} "
-        f"({machine.get('torch_threads', '?')} threads)",
+        f"Python {machine.get('python', '?')}, torch {machine.get('torch', '?')} ({_threads(machine)})",
         f"- Load average (1 min): {_load_averages(meta, machine)}",
         f"- Result: {passed} of {len(results)} checks PASS",
         "",
@@ -120,6 +121,13 @@ def render_markdown(results: list[ClaimResult], meta: dict[str, Any]) -> str:
             lines += ["", "Thresholds:", "", "```json", _pretty(result.thresholds), "```"]
             lines += ["", "Measured:", "", "```json", _pretty(result.measured), "```"]
     return "\n".join(lines) + "\n"
+
+
+def _threads(machine: dict[str, Any]) -> str:
+    if "check_torch_threads" in machine:
+        count = machine["check_torch_threads"]
+        return f"{count} torch thread{'' if count == 1 else 's'} per check, {machine.get('torch_threads', '?')} outside"
+    return f"{machine.get('torch_threads', '?')} threads"
 
 
 def _reference_runtime(meta: dict[str, Any]) -> str:
