@@ -204,11 +204,30 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
-def run_strategy(memory, chat_model, name: str, questions: list[dict], all_values: set[str]) -> list[dict]:
-    """Ask every question with one strategy; return one record per answer."""
+def interleave(questions: list[dict]) -> list[dict]:
+    """Order questions round-robin over the groups, so a run cut short by its budget covers every group."""
+    by_group = [[q for q in questions if q["group"] == group] for group in GROUPS]
+    ordered = []
+    for index in range(max((len(group) for group in by_group), default=0)):
+        ordered += [group[index] for group in by_group if index < len(group)]
+    return ordered
+
+
+def run_strategy(
+    memory, chat_model, name: str, questions: list[dict], all_values: set[str], budget_s: float = 0.0
+) -> list[dict]:
+    """Ask the questions with one strategy; return one record per answer.
+
+    With `budget_s` > 0 the strategy stops asking once that many seconds
+    have passed, and only the questions asked so far count.
+    """
     assistant = Assistant(memory, chat_model, STRATEGY_SETTINGS[name])
     records = []
+    started_strategy = time.perf_counter()
     for index, item in enumerate(questions):
+        if budget_s > 0 and time.perf_counter() - started_strategy > budget_s:
+            logger.warning("%s: budget of %.0f s spent after %d of %d questions", name, budget_s, index, len(questions))
+            break
         started = time.perf_counter()
         answer = assistant.answer(item["question"])
         seconds = time.perf_counter() - started
@@ -288,6 +307,10 @@ def main(argv: list[str] | None = None) -> int:
         "--window", type=int, default=512,
         help="sliding-window size of the chat model in tokens; every prompt here is shorter, so answers match any larger window",
     )
+    parser.add_argument(
+        "--budget-s", type=float, default=0.0,
+        help="seconds per strategy; questions run round-robin over the groups and stop when it is spent (0: no limit)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write every answer and the summaries as JSON here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -303,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     all_rows = load_rows(args.facts or paths.eval_dir() / "facts_dev.jsonl")
     rows = select_subjects(all_rows, args.subjects, args.seed)
     sizes = {group: getattr(args, group) for group in GROUPS}
-    questions = build_questions(rows, sizes, args.seed, all_rows)
+    questions = interleave(build_questions(rows, sizes, args.seed, all_rows))
     all_values = {row["value"] for row in all_rows if row["kind"] == "fact"}
     all_values |= {value for row in all_rows if row["kind"] == "overwrite" for value in row["values"]}
 
@@ -324,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         apply_rows(memory, rows)
         results["write_seconds"] = time.perf_counter() - started
         for name in strategies:
-            records = run_strategy(memory, chat_model, name, questions, all_values)
+            records = run_strategy(memory, chat_model, name, questions, all_values, args.budget_s)
             results["records"] += records
             results["summaries"][name] = summarize(records)
             logger.info("%s: %s", name, json.dumps(results["summaries"][name]))

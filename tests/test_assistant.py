@@ -446,3 +446,11 @@ def test_selection_weighs_attribute_of_same_entity(encoder):
     assert selection.fact is not None, selection.reason
     assert selection.fact.value == "kiwi"
     assert selection.fact.item_id == 2
+
+
+def test_interleave_covers_every_group(bench_answers):
+    questions = [{"group": group, "question": f"{group} {i}"} for group in ("taught", "never") for i in range(3)]
+    questions.append({"group": "forgotten", "question": "forgotten 0"})
+    ordered = bench_answers.interleave(questions)
+    assert [q["group"] for q in ordered[:3]] == ["taught", "forgotten", "never"]
+    assert sorted(q["question"] for q in ordered) == sorted(q["question"] for q in questions)
