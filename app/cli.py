@@ -452,7 +452,8 @@ def cmd_undo(args: argparse.Namespace) -> int:
 
 def cmd_facts(args: argparse.Namespace) -> int:
     """List live facts or one subject's history."""
-    with _open_memory(args) as memory:
+    # Both lists come from the SQLite log, so the sentence encoder is not loaded.
+    with _open_memory(args, warm_up_encoder=False) as memory:
         if args.history is not None:
             records = [_as_dict(record) for record in memory.history(args.history)]
             if not records and not args.json:
@@ -589,7 +590,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Write the memory into one archive."""
     if args.file.is_dir():
         raise CliError(f"{args.file} is a folder; give the archive's file name, e.g. memory.tar", EXIT_USAGE)
-    with _open_memory(args) as memory:
+    with _open_memory(args, warm_up_encoder=False) as memory:
         memory.export(args.file)
     print(f"memory written to {args.file}")
     return EXIT_OK

@@ -208,6 +208,31 @@ def test_history_of_unknown_subject_fails(capsys):
 
 
 @needs_memory
+def test_facts_and_export_skip_encoder_warm_up(capsys, monkeypatch, tmp_path):
+    # Listing facts and writing an archive only read the log and the state.
+    # Loading the sentence encoder would add seconds to each of them.
+    from app.memory import engine
+
+    warm_ups: list[str] = []
+    monkeypatch.setattr(engine, "_warm_up_encoder", lambda: warm_ups.append("encoder"))
+    commands = [("facts",), ("facts", "--json"), ("export", str(tmp_path / "memory.tar"))]
+    for argv in commands:
+        assert run_cli(capsys, *argv)[0] == 0, argv
+    for thread in threading.enumerate():
+        if thread.name == "encoder-warm-up":
+            thread.join(timeout=10)
+    assert warm_ups == []
+
+    # A teach still warms the encoder up, which shows that the memory calls
+    # the patched hook and the check above can fail.
+    assert run_cli(capsys, "teach", "boat name", "Wavelet")[0] == 0
+    for thread in threading.enumerate():
+        if thread.name == "encoder-warm-up":
+            thread.join(timeout=10)
+    assert warm_ups == ["encoder"]
+
+
+@needs_memory
 def test_data_dir_option_moves_the_memory(capsys, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     assert run_cli(capsys, "--data-dir", str(elsewhere), "teach", "boat name", "Wavelet")[0] == 0
