@@ -23,3 +23,13 @@ def private_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("HYDRA_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("HYDRA_CONFIG_DIR", str(tmp_path / "config"))
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_threads():
+    """Undo the thread count `app.cli.main` sets, so each test starts with torch's own."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

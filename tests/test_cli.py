@@ -20,7 +20,7 @@ import pytest
 
 import torch
 
-from app.cli import main
+from app.cli import default_torch_threads, main
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -419,3 +419,30 @@ def test_diagnostics_rejects_an_uncreatable_out_path(capsys):
     assert code == 2
     error = capsys.readouterr().err
     assert "/proc/hydra-chat-report.md is not writable" in error, error
+
+
+def test_thread_count_leaves_one_core():
+    assert default_torch_threads(8) == 7
+    assert default_torch_threads(2) == 1
+    assert default_torch_threads(1) == 1
+    assert default_torch_threads(None) == 1
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two", "1.5"])
+def test_bad_thread_variable_is_usage_error(capsys, monkeypatch, value):
+    monkeypatch.setenv("HYDRA_TORCH_THREADS", value)
+    code, _, err = run_cli(capsys, "facts")
+    assert code == 2
+    assert "HYDRA_TORCH_THREADS" in err
+    assert repr(value) in err
+
+
+def test_thread_variable_sets_torch_threads(capsys, monkeypatch):
+    previous = torch.get_num_threads()
+    monkeypatch.setenv("HYDRA_TORCH_THREADS", "1")
+    try:
+        code, _, _ = run_cli(capsys, "facts")
+        assert code == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(previous)
