@@ -55,8 +55,12 @@ def ensure_private_dir(path: Path) -> Path:
 
 
 def eval_dir() -> Path:
-    """Return the folder with the shared evaluation data (`HYDRA_EVAL_DIR`)."""
+    """Return the folder with the evaluation data: `HYDRA_EVAL_DIR`, else the copy shipped in `assets/eval`.
+
+    The diagnostics and the benchmarks read `facts_dev.jsonl` from it, so it
+    ships with the package and works from a clone in any folder.
+    """
     value = os.environ.get("HYDRA_EVAL_DIR")
     if value:
         return Path(value).expanduser()
-    return Path(__file__).resolve().parent.parent.parent / "shared" / "eval"
+    return Path(__file__).resolve().parent.parent / "assets" / "eval"
