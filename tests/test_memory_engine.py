@@ -220,3 +220,18 @@ def test_live_codes_stay_in_step():
     ids, codes = live.codes()
     assert sorted(ids.tolist()) == sorted(expected)
     assert torch.equal(codes, item_codes(ids, 16, 7))
+
+
+def test_background_encoder_failure_is_quiet(monkeypatch, capsys):
+    from app.memory import engine
+
+    calls = []
+
+    def failing_load():
+        calls.append("load")
+        raise ImportError("partially initialized module")
+
+    monkeypatch.setattr(engine, "get_encoder", failing_load)
+    engine._warm_up_encoder()
+    assert calls == ["load"]
+    assert "Traceback" not in capsys.readouterr().err

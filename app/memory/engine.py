@@ -256,6 +256,12 @@ def _warm_up_encoder() -> None:
     except MemoryError_ as error:
         # The first write or question raises the same error to its caller.
         logger.warning("sentence encoder not loaded: %s", error)
+    except Exception as error:  # noqa: BLE001 - a background thread must not print a traceback
+        # get_encoder keeps nothing after a failure, so the first write or
+        # question loads the encoder again in its own thread and reports any
+        # error there. One failure seen here came from importing transformers
+        # in two threads at once.
+        logger.debug("background encoder load failed, retrying on first use: %s", error, exc_info=True)
 
 
 class Memory:
