@@ -135,6 +135,11 @@ def measure_serving(model: Any, input_ids: torch.Tensor, chunk: int, decode_step
     }
 
 
+def least(first: dict[str, float], second: dict[str, float]) -> dict[str, float]:
+    """Combine two `measure_serving` results, keeping the smaller value of each measure."""
+    return {name: min(first[name], second[name]) for name in first}
+
+
 def check_measured(
     budget: Budget,
     ctx: CheckContext,
@@ -172,6 +177,13 @@ def check_measured(
 
     ctx.step(0.7, f"HydraLM: serving N = {length:,}")
     hydra = measure_serving(hydra_model, input_ids, chunk, decode_steps)
+    # Peak RSS is the whole process's: memory another thread allocates at the
+    # same time (a test runner's or an app's workers) is counted too. Each
+    # model serves the compared length once more and keeps its smaller
+    # growth and time, since such interference only ever adds.
+    ctx.step(0.8, f"repeating both models at N = {length:,}")
+    dense = least(dense, measure_serving(dense_model, input_ids, chunk, decode_steps))
+    hydra = least(hydra, measure_serving(hydra_model, input_ids, chunk, decode_steps))
 
     time_saving = saving(hydra["seconds"], dense["seconds"])
     memory_saving = saving(hydra["peak_rss_growth_bytes"], max(dense["peak_rss_growth_bytes"], 1.0))
