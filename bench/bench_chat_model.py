@@ -97,8 +97,8 @@ def timed_rate(steps: int, run) -> tuple[float, float]:
     """Run `run()`, which decodes `steps` tokens; return tokens per wall second and per CPU second.
 
     CPU time is the whole process's. With one torch thread it is the model's
-    own cost per token, which does not change while other processes hold
-    the cores; with more threads it also counts their spin-waiting.
+    own cost per token, so it does not change while other processes use the
+    cores. With more threads it also counts their spin-waiting.
     """
     wall, cpu = time.perf_counter(), time.process_time()
     run()

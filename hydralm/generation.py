@@ -167,7 +167,7 @@ def generate_stream(
             if token_id in stop:
                 break
             token = torch.tensor([token_id], device=device)
-            # Only this loop holds the state, so the step may update it in place.
+            # Only this loop keeps the state, so the step may update it in place.
             logits, state = model.step(token, state, reuse_state=True)
             logits = logits[0]
             if settings.repetition_penalty != 1.0:

@@ -161,8 +161,8 @@ def test_span_forcer_starts_at_word_boundary():
 
 
 def test_value_boundary_ends_a_complete_value():
-    # The model completes the value 5 6 7, then runs on into it again; token
-    # 0 is the stop token, the next best choice once the run-on is forbidden.
+    # The model completes the value 5 6 7 and then starts it again. Token 0
+    # is the stop token, which is the next best choice once the run-on is forbidden.
     model = ScriptedModel([5, 6, 7, 5, 6, 7, 0], vocab_size=10)
     word_tokens = torch.tensor([False, False, False, False, False, True, True, True, False, False])
     boundary = ValueBoundary([[5, 6, 7]], word_tokens)
@@ -322,7 +322,7 @@ def test_overwritten_date_gives_latest(assistant):
 @pytest.mark.model
 @needs_model
 def test_address_is_not_run_on(assistant):
-    # Under the copy bias this answer once ran on as "192.0.2.1192.0.2.1…".
+    # Under the copy bias this reply once ran on as "192.0.2.1192.0.2.1…".
     answer = _ask(assistant, "Which address does the quartz-30 server use?")
     assert answer.known
     assert answer.method == "model", answer.text

@@ -135,10 +135,10 @@ BUDGETS: dict[str, Budget] = {
         # NOTE: vocab 256, not 8192: with 8192 the output layer alone makes a
         # step several times slower, which this CPU cannot afford in a paper run.
         # Every key is queried, as in Zoology, for 8 times the signal per example.
-        # NOTE: no setting tried on a 2-core CPU got the dense Transformer past
-        # the plateau of picking any stored value (accuracy 1 / pairs): 2, 4 and
-        # 8 pairs, lr 1e-3 to 1e-2, batch 32 to 128, 2 or 4 layers, 1 to 4 heads,
-        # no weight decay, up to 2000 steps. Until one is found this check fails.
+        # NOTE: no setting tried got the dense Transformer past the plateau of
+        # picking any stored value (accuracy 1 / pairs). Tried: 2, 4 and 8 pairs,
+        # lr 1e-3 to 1e-2, batch 32 to 128, 2 or 4 layers, 1 to 4 heads, no
+        # weight decay, up to 2000 steps. Until one works this check fails.
         mqar_hard=MQARSetting(vocab_size=256, seq_len=64, num_kv_pairs=8, num_queries=8, steps=1000),
         prefill_tokens=4096,
         decode_steps=512,

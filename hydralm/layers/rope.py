@@ -44,7 +44,7 @@ class RotaryEmbedding(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Like `forward` for positions known to lie in [0, limit), read from a cached table.
 
-        The table holds the same values `forward` computes; indexing it costs
+        The table contains the same values `forward` computes; indexing it costs
         two gathers instead of a handful of elementwise passes, which matters
         for one-token decode steps. Positions outside [0, limit) are clamped.
         """
