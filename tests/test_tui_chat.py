@@ -151,7 +151,13 @@ async def test_status_bar_counts_facts_and_tokens(memory, chat_model):
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, app.ready.is_set, what="start-up")
         bar = app.screen.query_one(StatusBar)
-        await wait_for(pilot, lambda: "0 facts" in str(bar.render()), timeout=10, what="the first status")
+        # The counts and the model name arrive in separate updates, so wait for both.
+        await wait_for(
+            pilot,
+            lambda: "0 facts" in str(bar.render()) and "SmolLM2-135M-Instruct" in str(bar.render()),
+            timeout=10,
+            what="the first status with the model name",
+        )
         text = str(bar.render())
         footer = app.screen.query_one(Footer)
         assert bar.region.height == 1
