@@ -95,6 +95,8 @@ class BlockPlan:
         keep: (B, 1, 1, 1) for one-token blocks, True where the token is not
             written; None for longer blocks.
         rebase: rotation moving the cached keys to the next origin, or None.
+        window_bias: (B, 1, 1, C, used+C) additive mask of the ring and block
+            scores for the fused path of longer blocks; None for one-token blocks.
     """
 
     window: Rotation
@@ -105,6 +107,7 @@ class BlockPlan:
     ring_slot: torch.Tensor
     keep: torch.Tensor | None
     rebase: Rotation | None
+    window_bias: torch.Tensor | None
 
 
 class SlidingWindowAttention(nn.Module):
@@ -271,7 +274,11 @@ class SlidingWindowAttention(nn.Module):
         if bool((shift != 0).any()):
             cos, sin = self.rotary(-shift, dtype)  # (B, D)
             rebase = Rotation.from_tables(cos[:, None, None], sin[:, None, None])
-        return BlockPlan(window, sink_write, query_sink, used, blocked, ring_slot, keep, rebase)
+        window_bias = None
+        if C > 1:
+            window_bias = torch.zeros(blocked[..., S:].shape, dtype=dtype, device=device)
+            window_bias.masked_fill_(blocked[..., S:], torch.finfo(dtype).min)
+        return BlockPlan(window, sink_write, query_sink, used, blocked, ring_slot, keep, rebase, window_bias)
 
     def _attend_block(
         self,
@@ -300,7 +307,6 @@ class SlidingWindowAttention(nn.Module):
             sink_keys = torch.cat([sink_keys, zero_slot], dim=2).scatter(2, index, rotation.apply(k))[:, :, :S]
             sink_values = torch.cat([sink_values, zero_slot], dim=2).scatter(2, index, v)[:, :, :S]
 
-        # Scores per key/value group, softmax in float32 as Llama does.
         ring_keys = state.window_keys.to(dtype)
         ring_values = state.window_values.to(dtype)
         used_keys, used_values = ring_keys[:, :, :used], ring_values[:, :, :used]
@@ -308,23 +314,11 @@ class SlidingWindowAttention(nn.Module):
         # one matmul per head rather than broadcasting (which copies the cache G times).
         q_window = q_window.reshape(B, H_kv, G * C, D)
         q_sink = q_sink.reshape(B, H_kv, G * C, D)
-        scores = torch.cat(
-            [
-                q_sink @ sink_keys.transpose(-1, -2),  # (B, H_kv, G*C, S)
-                q_window @ used_keys.transpose(-1, -2),  # (B, H_kv, G*C, used)
-                q_window @ k_window.transpose(-1, -2),  # (B, H_kv, G*C, C)
-            ],
-            dim=-1,
-        ).view(B, H_kv, G, C, S + used + C) * self.scaling
-        # A finite fill keeps fully masked rows (pad queries before any real
-        # token) finite; their outputs are never used.
-        scores = scores.float().masked_fill(plan.blocked, torch.finfo(torch.float32).min)
-        probs = torch.softmax(scores, dim=-1).to(dtype).view(B, H_kv, G * C, S + used + C)
-        output = (
-            probs[..., :S] @ sink_values
-            + probs[..., S : S + used] @ used_values
-            + probs[..., S + used :] @ v
-        ).view(B, H, C, D)  # (B, H, C, D)
+        if plan.window_bias is None:
+            output = self._attend_one(q_window, q_sink, sink_keys, sink_values, used_keys, used_values, k_window, v, plan)
+        else:
+            output = self._attend_fused(q_window, q_sink, sink_keys, sink_values, used_keys, used_values, k_window, v, plan)
+        output = output.view(B, H, C, D)
 
         index = plan.ring_slot[:, None, :, None].expand(B, H_kv, C, D)
         if plan.keep is not None:
@@ -353,3 +347,79 @@ class SlidingWindowAttention(nn.Module):
             window_values=new_window_values.to(state.window_values.dtype),
         )
         return output, new_state
+
+    def _attend_one(
+        self,
+        q_window: torch.Tensor,
+        q_sink: torch.Tensor,
+        sink_keys: torch.Tensor,
+        sink_values: torch.Tensor,
+        used_keys: torch.Tensor,
+        used_values: torch.Tensor,
+        k_window: torch.Tensor,
+        v: torch.Tensor,
+        plan: BlockPlan,
+    ) -> torch.Tensor:
+        """Attention of a one-token block with explicit scores, softmax in float32 as Llama does.
+
+        For a single query the scores are a few thousand numbers, and three
+        small matmuls cost less than assembling the inputs of a fused kernel.
+        Queries are (B, H_kv, G*C, D); returns (B, H_kv, G*C, D).
+        """
+        B, H_kv, rows, _ = q_window.shape
+        G, S, used = self.num_key_value_groups, self.num_sink_tokens, plan.used
+        C = rows // G
+        dtype = q_window.dtype
+        scores = torch.cat(
+            [
+                q_sink @ sink_keys.transpose(-1, -2),  # (B, H_kv, G*C, S)
+                q_window @ used_keys.transpose(-1, -2),  # (B, H_kv, G*C, used)
+                q_window @ k_window.transpose(-1, -2),  # (B, H_kv, G*C, C)
+            ],
+            dim=-1,
+        ).view(B, H_kv, G, C, S + used + C) * self.scaling
+        # A finite fill keeps fully masked rows (pad queries before any real
+        # token) finite; their outputs are never used.
+        scores = scores.float().masked_fill(plan.blocked, torch.finfo(torch.float32).min)
+        probs = torch.softmax(scores, dim=-1).to(dtype).view(B, H_kv, G * C, S + used + C)
+        return (
+            probs[..., :S] @ sink_values
+            + probs[..., S : S + used] @ used_values
+            + probs[..., S + used :] @ v
+        )
+
+    def _attend_fused(
+        self,
+        q_window: torch.Tensor,
+        q_sink: torch.Tensor,
+        sink_keys: torch.Tensor,
+        sink_values: torch.Tensor,
+        used_keys: torch.Tensor,
+        used_values: torch.Tensor,
+        k_window: torch.Tensor,
+        v: torch.Tensor,
+        plan: BlockPlan,
+    ) -> torch.Tensor:
+        """Attention of a longer block through one fused scaled_dot_product_attention call.
+
+        Sink scores need the queries rotated differently from the window
+        scores, so they cannot share the kernel's q @ k^T. They enter as
+        additive mask values instead: the sink columns get zero keys (score 0)
+        plus a mask equal to the sink score, which gives the kernel exactly the
+        logits of the explicit path without materialising probabilities.
+        Queries are (B, H_kv, G*C, D); returns (B, H_kv, G*C, D).
+        """
+        B, H_kv, rows, D = q_window.shape
+        G, S, used = self.num_key_value_groups, self.num_sink_tokens, plan.used
+        C = rows // G
+        dtype = q_window.dtype
+        bias = torch.empty(B, H_kv, G, C, S + used + C, dtype=dtype, device=q_window.device)
+        if S > 0:
+            sink_scores = (q_sink @ sink_keys.transpose(-1, -2)).view(B, H_kv, G, C, S) * self.scaling
+            bias[..., :S] = sink_scores.masked_fill(plan.blocked[..., :S], torch.finfo(dtype).min)
+        bias[..., S:] = plan.window_bias
+        keys = torch.cat([sink_keys.new_zeros(B, H_kv, S, D), used_keys, k_window], dim=2)
+        values = torch.cat([sink_values, used_values, v], dim=2)
+        return nn.functional.scaled_dot_product_attention(
+            q_window, keys, values, attn_mask=bias.view(B, H_kv, rows, S + used + C), scale=self.scaling
+        )
