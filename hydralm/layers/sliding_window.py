@@ -360,11 +360,9 @@ class SlidingWindowAttention(nn.Module):
         v: torch.Tensor,
         plan: BlockPlan,
     ) -> torch.Tensor:
-        """Attention of a one-token block with explicit scores, softmax in float32 as Llama does.
+        """Compute attention of a one-token block with explicit scores and a float32 softmax, as Llama does.
 
-        For a single query the scores are a few thousand numbers, and three
-        small matmuls cost less than assembling the inputs of a fused kernel.
-        Queries are (B, H_kv, G*C, D); returns (B, H_kv, G*C, D).
+        Decode steps use this path. Queries are (B, H_kv, G*C, D); returns (B, H_kv, G*C, D).
         """
         B, H_kv, rows, _ = q_window.shape
         G, S, used = self.num_key_value_groups, self.num_sink_tokens, plan.used
@@ -400,7 +398,7 @@ class SlidingWindowAttention(nn.Module):
         v: torch.Tensor,
         plan: BlockPlan,
     ) -> torch.Tensor:
-        """Attention of a longer block through one fused scaled_dot_product_attention call.
+        """Compute attention of a longer block with one fused scaled_dot_product_attention call.
 
         Sink scores need the queries rotated differently from the window
         scores, so they cannot share the kernel's q @ k^T. They enter as
