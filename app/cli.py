@@ -171,6 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
     facts.add_argument("--json", action="store_true", help="print JSON instead of a table")
     facts.set_defaults(handler=cmd_facts)
 
+    stats = commands.add_parser(
+        "stats",
+        help="print the memory's folder, state size and counts",
+        description="Print where the memory lives, the size of its state (which stays the same "
+        "however much it has read) and the counts in its log.",
+        epilog="Example: hydra-chat stats --json",
+    )
+    stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    stats.set_defaults(handler=cmd_stats)
+
     ask = commands.add_parser(
         "ask",
         help="ask a question and print the answer with its sources",
@@ -527,6 +537,38 @@ def cmd_facts(args: argparse.Namespace) -> int:
     ]
     _print_table(("write", "subject", "value", "taught", "source"), rows)
     return EXIT_OK
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """Print the memory folder, the state size and the log's counts."""
+    # Everything comes from the state file and the SQLite log, so the
+    # sentence encoder is not loaded.
+    with _open_memory(args, warm_up_encoder=False) as memory:
+        stats = memory.stats()
+        folder = memory.data_dir
+    record = {"folder": str(folder), **dataclasses.asdict(stats)}
+    record["log_bytes"] = sum(
+        path.stat().st_size for path in folder.iterdir() if path.name.startswith("memory.db") and path.is_file()
+    )
+    if args.json:
+        print(json.dumps(record, indent=2))
+        return EXIT_OK
+    rows = [
+        ("folder", record["folder"]),
+        ("state", f"{_format_bytes(stats.state_bytes)} in memory, {_format_bytes(stats.state_file_bytes)} on disk"),
+        ("log", _format_bytes(record["log_bytes"])),
+        ("facts", stats.facts),
+        ("documents", stats.documents),
+        ("passages", stats.passages),
+        ("writes", stats.writes),
+        ("words read", stats.tokens_streamed),
+    ]
+    _print_table(("item", "value"), rows)
+    return EXIT_OK
+
+
+def _format_bytes(count: int) -> str:
+    return f"{count:,} bytes ({count / 2**20:.1f} MiB)"
 
 
 def cmd_ask(args: argparse.Namespace) -> int:

@@ -45,7 +45,7 @@ def test_version_prints_package_version(capsys):
 
 @pytest.mark.parametrize(
     "command",
-    ["ingest", "teach", "forget", "undo", "facts", "ask", "diagnostics", "prepare", "export", "import"],
+    ["ingest", "teach", "forget", "undo", "facts", "stats", "ask", "diagnostics", "prepare", "export", "import"],
 )
 def test_every_subcommand_has_help(capsys, command):
     code, out, _ = run_cli(capsys, command, "--help")
@@ -215,7 +215,7 @@ def test_facts_and_export_skip_encoder_warm_up(capsys, monkeypatch, tmp_path):
 
     warm_ups: list[str] = []
     monkeypatch.setattr(engine, "_warm_up_encoder", lambda: warm_ups.append("encoder"))
-    commands = [("facts",), ("facts", "--json"), ("export", str(tmp_path / "memory.tar"))]
+    commands = [("facts",), ("facts", "--json"), ("stats",), ("export", str(tmp_path / "memory.tar"))]
     for argv in commands:
         assert run_cli(capsys, *argv)[0] == 0, argv
     for thread in threading.enumerate():
@@ -230,6 +230,39 @@ def test_facts_and_export_skip_encoder_warm_up(capsys, monkeypatch, tmp_path):
         if thread.name == "encoder-warm-up":
             thread.join(timeout=10)
     assert warm_ups == ["encoder"]
+
+
+@needs_memory
+def test_stats_size_constant_counts_grow(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "stats", "--json")
+    assert code == 0
+    before = json.loads(out)
+    assert before["facts"] == 0
+    assert before["writes"] == 0
+    assert before["state_bytes"] > 0
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "boat.md").write_text("# Boat\n\nThe boat is moored at pier nine.\n", encoding="utf-8")
+    assert run_cli(capsys, "ingest", str(notes))[0] == 0
+    assert run_cli(capsys, "teach", "boat name", "Wavelet")[0] == 0
+
+    code, out, _ = run_cli(capsys, "stats", "--json")
+    assert code == 0
+    after = json.loads(out)
+    assert after["state_bytes"] == before["state_bytes"]
+    assert after["facts"] == 1
+    assert after["documents"] == 1
+    assert after["passages"] >= 1
+    assert after["writes"] > before["writes"]
+    assert after["log_bytes"] > 0
+    assert Path(after["folder"]).is_dir()
+
+    code, out, _ = run_cli(capsys, "stats")
+    assert code == 0
+    table = dict(line.split(None, 1) for line in out.splitlines()[1:] if not line.startswith("words"))
+    assert table["facts"].strip() == "1"
+    assert f"{after['state_bytes']:,} bytes" in table["state"]
 
 
 @needs_memory
