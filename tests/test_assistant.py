@@ -241,6 +241,38 @@ def test_selection_rejects_another_attribute(encoder):
     assert "another attribute" in selection.reason
 
 
+def _passage(text, score, item_id):
+    return SimpleNamespace(kind="passage", text=text, subject=None, value=None, origin=f"notes.md:{item_id}",
+                           score=score, item_id=item_id)
+
+
+CSV_PASSAGE = "Reading CSV files\n\nUse csv.reader to read rows from a CSV file; each row is a list of strings."
+DOCTEST_PASSAGE = "doctest\n\nThe DocTestSuite() function returns an empty unittest.TestSuite if a module has no docstrings."
+
+
+@needs_encoder
+def test_selection_drops_unrelated_passages(encoder):
+    recall = SimpleNamespace(
+        known=True,
+        threshold=0.15,
+        items=[_passage(DOCTEST_PASSAGE, 0.18, 1), _passage(CSV_PASSAGE, 0.17, 2)],
+    )
+    selector = ItemSelector(encoder)
+
+    personal = selector.select("What is my locker code?", recall)
+    assert personal.passages is None
+    assert "no recalled passage is related" in personal.reason
+
+    manual = selector.select("How do I read rows from a CSV file?", recall)
+    assert [item.item_id for item in manual.passages] == [2]
+
+
+def test_whole_sentences_cuts_at_sentence_end():
+    assert prompting.whole_sentences("Use csv.reader. It returns rows and then the") == "Use csv.reader."
+    assert prompting.whole_sentences("One sentence! Two sentences? And a half") == "One sentence! Two sentences?"
+    assert prompting.whole_sentences("no end at all") == ""
+
+
 def test_selection_without_encoder_keeps_engine_order():
     recall = SimpleNamespace(
         known=True,
@@ -391,6 +423,44 @@ def test_garbled_answer_falls_back_to_quote(memory, chat_model):
     assert answer.method == "quoted"
     assert answer.attempts == 2
     assert answer.text == "The wifi password at the lab in Porto is 6isigq8j."
+
+
+@pytest.mark.model
+@needs_model
+def test_passage_copy_keeps_whole_sentences(tmp_path, chat_model):
+    # A model that copies the passage on and on hits the token budget. What
+    # it copied is supported, so the answer is its whole sentences, after one
+    # decode instead of a retry with a stronger copy bias.
+    from app.memory import Memory
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    text = (
+        "The csv module reads and writes tabular data in CSV format. "
+        "Use csv.reader to read rows from a CSV file, and csv.writer to write them. "
+        "Each row read from the file is returned as a list of strings, and no automatic data type "
+        "conversion is performed unless the QUOTE_NONNUMERIC format option is specified, "
+        "in which case unquoted fields are transformed into floats by the reader object."
+    )
+    (notes / "csv.md").write_text(f"# Reading CSV files\n\n{text}\n", encoding="utf-8")
+    tokenizer = chat_model.tokenizer
+    script = tokenizer.encode(text, add_special_tokens=False)
+    settings = AssistantSettings(log_turns=False, max_answer_tokens=40)
+    assert len(script) > settings.max_answer_tokens
+    copier = SimpleNamespace(model=ScriptedModel(script, len(tokenizer), margin=50.0), tokenizer=tokenizer,
+                             stop_token_ids=chat_model.stop_token_ids, apply_chat_template=chat_model.apply_chat_template)
+
+    with Memory.open(tmp_path / "memory", warm_up_encoder=False) as memory:
+        memory.ingest(notes)
+        answer = Assistant(memory, copier, settings).answer("How do I read rows from a CSV file?")
+
+    assert answer.route == "passage", answer
+    assert answer.method == "model"
+    assert answer.attempts == 1
+    assert answer.text == (
+        "The csv module reads and writes tabular data in CSV format. "
+        "Use csv.reader to read rows from a CSV file, and csv.writer to write them."
+    )
 
 
 # -- benchmark metric ----------------------------------------------------------

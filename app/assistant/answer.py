@@ -8,9 +8,11 @@ what came back:
   (it must state the remembered value and no value that memory does not
   hold), a failed answer is decoded again with a stronger copy bias, and a
   second failure falls back to quoting the fact;
-- document passages: the model answers from them under the same decoding,
-  and an answer with a name, number or date that the passages lack falls
-  back to quoting the passage's best-matching sentence;
+- document passages the sentence encoder finds related to the question: the
+  model answers from them under the same decoding, an answer cut off by the
+  token budget keeps its whole sentences, and an answer with a name, number
+  or date that the passages lack falls back to quoting the passage's
+  best-matching sentence;
 - nothing relevant, for a question: "I don't know", without the model;
 - nothing relevant, for open conversation: the model replies freely, with
   the earlier turns in its prompt, streamed as it decodes.
@@ -79,6 +81,9 @@ class AssistantSettings:
     max_chat_tokens: int = 160
     chat_repetition_penalty: float = 1.2
     max_passages: int = 3
+    # Minimum sentence-encoder similarity between a question and a passage
+    # that answers it (see `app.assistant.selection`).
+    passage_threshold: float = 0.35
     log_turns: bool = True
 
     def __post_init__(self) -> None:
@@ -194,6 +199,7 @@ class Assistant:
             attribute_threshold=self.settings.attribute_threshold,
             attribute_margin=self.settings.attribute_margin,
             max_passages=self.settings.max_passages,
+            passage_threshold=self.settings.passage_threshold,
         )
         self._digit_tokens: torch.Tensor | None = None
         self._word_tokens: torch.Tensor | None = None
@@ -315,12 +321,22 @@ class Assistant:
         attempts = 0
         for bonus in self.settings.copy_bonuses:
             attempts += 1
-            generation = self._decode(prompt_ids, sources, bonus, self.settings.max_chat_tokens, cancel)
+            generation = self._decode(prompt_ids, sources, bonus, self.settings.max_answer_tokens, cancel)
             text = self._text(generation)
             if generation.stop_reason == "cancel":
                 return Answer("", passages, known=True, route="passage", method="model", attempts=attempts, cancelled=True)
             unsupported = fidelity.unsupported_spans(text, supports)
-            if text and not unsupported and generation.stop_reason == "eos":
+            if generation.stop_reason == "length" and not unsupported:
+                # Under the copy bias the model tends to go on copying the
+                # passage. What it copied is supported, so the answer keeps
+                # its whole sentences, and a stronger bias would only copy more.
+                text = prompting.whole_sentences(text)
+                if text:
+                    _emit(text, on_token)
+                    return Answer(text, passages, known=True, route="passage", method="model", attempts=attempts)
+                logger.info("passage answer rejected (copy bonus %.1f): no whole sentence within the token budget", bonus)
+                break
+            if text and not unsupported:
                 _emit(text, on_token)
                 return Answer(text, passages, known=True, route="passage", method="model", attempts=attempts)
             logger.info("passage answer %r rejected (copy bonus %.1f): unsupported %s", text, bonus, unsupported)

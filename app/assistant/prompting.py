@@ -131,3 +131,9 @@ def best_sentence(text: str, question: str) -> str:
         return len(question_words & set(re.findall(r"\w+", sentence.casefold())))
 
     return max(sentences, key=overlap)
+
+
+def whole_sentences(text: str) -> str:
+    """Return `text` up to the end of its last whole sentence, or "" when no sentence ends in it."""
+    ends = [match.end() for match in re.finditer(r"[.!?](?=\s|$)", text)]
+    return text[: ends[-1]].strip() if ends else ""

