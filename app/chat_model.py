@@ -345,7 +345,11 @@ def _convert_into(
     )
 
     _report(progress, "dequantising the GGUF weights", 0.1)
-    llama, tokenizer = load_gguf_llama(gguf_path, dtype=torch.float32)
+    llama, tokenizer = load_gguf_llama(
+        gguf_path,
+        dtype=torch.float32,
+        progress=lambda fraction: _report(progress, "dequantising the GGUF weights", 0.1 + 0.65 * fraction),
+    )
 
     _report(progress, "mapping Llama layers to HydraLM blocks", 0.75)
     config = hydra_config_from_llama(llama.config)

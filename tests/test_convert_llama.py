@@ -142,3 +142,21 @@ def test_built_model_has_real_buffers():
         assert not buffer.is_meta, name
     for name, parameter in hydra.named_parameters():
         assert not parameter.is_meta, name
+
+
+def test_gguf_progress_replaces_tqdm_and_restores_it():
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    from hydralm.convert.llama import _gguf_tensor_progress
+
+    original = gguf_utils.tqdm
+    fractions: list[float] = []
+    with _gguf_tensor_progress(fractions.append):
+        assert gguf_utils.tqdm is not original
+        items = list(gguf_utils.tqdm(["a", "b", "c", "d"], desc="ignored"))
+    assert items == ["a", "b", "c", "d"]
+    assert fractions == [0.25, 0.5, 0.75, 1.0]
+    assert gguf_utils.tqdm is original
+
+    with _gguf_tensor_progress(None):
+        assert gguf_utils.tqdm is original

@@ -20,10 +20,11 @@ Hugging Face order and are copied as they are.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -297,12 +298,15 @@ def _materialise_buffers(model: torch.nn.Module, config: HydraConfig) -> None:
 def load_gguf_llama(
     path: str | Path,
     dtype: torch.dtype = torch.float32,
+    progress: Callable[[float], None] | None = None,
 ) -> tuple[Any, Any]:
     """Load a Llama GGUF through transformers: the dequantised model and its tokenizer.
 
     Args:
         path: the `.gguf` file.
         dtype: dtype of the dequantised weights.
+        progress: called with the fraction of GGUF tensors dequantised so
+            far; when given, transformers' own progress bar is not drawn.
 
     Returns:
         (LlamaForCausalLM in eval mode, tokenizer).
@@ -317,7 +321,38 @@ def load_gguf_llama(
         raise FileNotFoundError(f"GGUF file not found: {path}")
     logger.info("loading %s through transformers (dequantising the weights)", path)
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    model = LlamaForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, dtype=dtype
-    )
+    with _gguf_tensor_progress(progress):
+        model = LlamaForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
     return model.eval(), tokenizer
+
+
+@contextlib.contextmanager
+def _gguf_tensor_progress(progress: Callable[[float], None] | None) -> Iterator[None]:
+    """Route transformers' per-tensor GGUF progress to `progress` instead of a tqdm bar.
+
+    transformers wraps its loop over GGUF tensors in the `tqdm` name of
+    `transformers.modeling_gguf_pytorch_utils`; that name is swapped for the
+    duration of the load. Without `progress`, or where that module has no
+    such name, nothing is changed.
+    """
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        gguf_utils = None
+    if progress is None or gguf_utils is None or not hasattr(gguf_utils, "tqdm"):
+        yield
+        return
+
+    def report(iterable, *args, **kwargs):
+        total = len(iterable) if hasattr(iterable, "__len__") else 0
+        for index, item in enumerate(iterable, start=1):
+            yield item
+            if total:
+                progress(index / total)
+
+    original = gguf_utils.tqdm
+    gguf_utils.tqdm = report
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
