@@ -273,6 +273,12 @@ def test_whole_sentences_cuts_at_sentence_end():
     assert prompting.whole_sentences("no end at all") == ""
 
 
+def test_repeated_sentences_are_dropped():
+    looped = "It is KeyError. The example shows it.\n\nThe example  shows it. The end."
+    assert prompting.drop_repeated_sentences(looped) == "It is KeyError. The example shows it.\n\nThe end."
+    assert prompting.drop_repeated_sentences("No repeats here. None at all.") == "No repeats here. None at all."
+
+
 def test_selection_without_encoder_keeps_engine_order():
     recall = SimpleNamespace(
         known=True,

@@ -325,6 +325,8 @@ class Assistant:
             text = self._text(generation)
             if generation.stop_reason == "cancel":
                 return Answer("", passages, known=True, route="passage", method="model", attempts=attempts, cancelled=True)
+            # Copy-biased decoding can loop over a passage sentence.
+            text = prompting.drop_repeated_sentences(text)
             unsupported = fidelity.unsupported_spans(text, supports)
             if generation.stop_reason == "length" and not unsupported:
                 # Under the copy bias the model tends to go on copying the

@@ -137,3 +137,19 @@ def whole_sentences(text: str) -> str:
     """Return `text` up to the end of its last whole sentence, or "" when no sentence ends in it."""
     ends = [match.end() for match in re.finditer(r"[.!?](?=\s|$)", text)]
     return text[: ends[-1]].strip() if ends else ""
+
+
+def drop_repeated_sentences(text: str) -> str:
+    """Return `text` without sentences that repeat an earlier one, keeping the first of each."""
+    parts = re.split(r"((?<=[.!?])\s+)", text.strip())  # sentence, separator, sentence, ...
+    seen: set[str] = set()
+    kept = []
+    for index in range(0, len(parts), 2):
+        sentence = parts[index]
+        separator = parts[index + 1] if index + 1 < len(parts) else ""
+        key = " ".join(sentence.casefold().split())
+        if key in seen:
+            continue
+        seen.add(key)
+        kept.append(sentence + separator)
+    return "".join(kept).strip()
