@@ -469,6 +469,33 @@ def test_passage_copy_keeps_whole_sentences(tmp_path, chat_model):
     )
 
 
+@pytest.mark.model
+@needs_model
+def test_forgotten_subject_not_answered_from_passages(tmp_path, chat_model):
+    # A note still mentions the locker code, but the user told the memory to
+    # forget it: the question gets "I don't know", not the note.
+    from app.memory import Memory
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "gym.md").write_text(
+        "# Gym\n\nThe locker code at the gym is written on the card in my wallet.\n", encoding="utf-8"
+    )
+    with Memory.open(tmp_path / "memory", warm_up_encoder=False) as memory:
+        memory.ingest(notes)
+        assistant = Assistant(memory, chat_model, AssistantSettings(log_turns=False))
+        before = assistant.answer("What is my locker code?")
+        memory.teach("locker code", "4312")
+        memory.forget("locker code")
+        after = assistant.answer("What is my locker code?")
+
+    assert before.route == "passage", before
+    assert after.route == "unknown"
+    assert not after.known
+    assert after.sources == []
+    assert prompting.says_unknown(after.text), after.text
+
+
 # -- benchmark metric ----------------------------------------------------------
 
 

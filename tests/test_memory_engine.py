@@ -98,6 +98,23 @@ def test_undo_rejects_stale_write(memory):
         memory.undo(99)
 
 
+def test_forgotten_subjects_lists_subjects_without_live_fact(memory):
+    memory.teach("locker code", "4312")
+    memory.teach("boat name", "Wavelet")
+    memory.teach("dentist appointment", "March 14")
+    memory.forget("my locker code")
+    memory.teach("boat name", "Petrel")
+    memory.undo(memory.teach("dentist appointment", "April 2").write_id)
+    assert memory.forgotten_subjects() == ["my locker code"]
+
+    memory.teach("locker code", "7781")
+    assert memory.forgotten_subjects() == []
+
+    memory.undo(memory.forget("boat name").write_id)
+    assert memory.forgotten_subjects() == []
+    assert {fact.subject: fact.value for fact in memory.facts()}["boat name"] == "Petrel"
+
+
 def test_forget_unknown_subject_names_it(memory):
     with pytest.raises(UnknownSubjectError, match="no fact about 'boat name'"):
         memory.forget("boat name")

@@ -13,7 +13,8 @@ what came back:
   token budget keeps its whole sentences, and an answer with a name, number
   or date that the passages lack falls back to quoting the passage's
   best-matching sentence;
-- nothing relevant, for a question: "I don't know", without the model;
+- nothing relevant, or a question about a forgotten subject: "I don't
+  know", without the model;
 - nothing relevant, for open conversation: the model replies freely, with
   the earlier turns in its prompt, streamed as it decodes.
 
@@ -44,6 +45,8 @@ from app.assistant.decoding import (
     word_token_mask,
 )
 from app.assistant.selection import ItemSelector, SentenceEncoder
+from app.memory.engine import normalize_subject
+from app.memory.features import content_words
 
 logger = logging.getLogger(__name__)
 
@@ -246,6 +249,13 @@ class Assistant:
         selection = self.selector.select(question, recall)
         if selection.fact is not None:
             return self._answer_fact(question, selection.fact, recall.items, on_token, cancel)
+        forgotten = self._forgotten_subject(question) if fidelity.is_memory_question(question) else None
+        if forgotten is not None:
+            # The user removed this fact on purpose; a passage that mentions
+            # the same words must not answer in its place.
+            logger.info("%r asks about the forgotten subject %r", question, forgotten)
+            _emit(prompting.UNKNOWN_ANSWER, on_token)
+            return Answer(prompting.UNKNOWN_ANSWER, [], known=False, route="unknown", method="fixed")
         if selection.passages:
             return self._answer_passages(question, selection.passages, on_token, cancel)
         if recall.known:
@@ -255,6 +265,18 @@ class Assistant:
             _emit(prompting.UNKNOWN_ANSWER, on_token)
             return Answer(prompting.UNKNOWN_ANSWER, [], known=False, route="unknown", method="fixed")
         return self._chat(question, turns, on_token, cancel)
+
+    def _forgotten_subject(self, question: str) -> str | None:
+        """Return a forgotten subject all of whose content words the question contains, or None."""
+        forgotten_subjects = getattr(self.memory, "forgotten_subjects", None)
+        if forgotten_subjects is None:
+            return None
+        question_words = set(content_words(question))
+        for subject in forgotten_subjects():
+            words = set(content_words(normalize_subject(subject)))
+            if words and words <= question_words:
+                return subject
+        return None
 
     # -- fact lookups ---------------------------------------------------
 

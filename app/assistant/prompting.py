@@ -143,7 +143,7 @@ def drop_repeated_sentences(text: str) -> str:
     """Return `text` without sentences that repeat an earlier one, keeping the first of each."""
     parts = re.split(r"((?<=[.!?])\s+)", text.strip())  # sentence, separator, sentence, ...
     seen: set[str] = set()
-    kept = []
+    unique = []
     for index in range(0, len(parts), 2):
         sentence = parts[index]
         separator = parts[index + 1] if index + 1 < len(parts) else ""
@@ -151,5 +151,5 @@ def drop_repeated_sentences(text: str) -> str:
         if key in seen:
             continue
         seen.add(key)
-        kept.append(sentence + separator)
-    return "".join(kept).strip()
+        unique.append(sentence + separator)
+    return "".join(unique).strip()

@@ -684,6 +684,19 @@ class Memory:
             ).fetchall()
         return [Fact(subject=r[0], value=r[1], write_id=r[2], taught_at=r[3], source=r[4]) for r in rows]
 
+    def forgotten_subjects(self) -> list[str]:
+        """Return the subjects that were taught once and have no live fact now (forgotten or undone)."""
+        ops = ", ".join("?" * len(FACT_OPS))
+        with self._mutex:
+            self._check_open()
+            rows = self.db.conn.execute(
+                f"SELECT w.subject FROM writes w WHERE w.id IN "
+                f"(SELECT MAX(id) FROM writes WHERE op IN ({ops}) GROUP BY subject_key) "
+                "AND w.live_after IS NULL ORDER BY w.id",
+                FACT_OPS,
+            ).fetchall()
+        return [row[0] for row in rows]
+
     def history(self, subject: str) -> list[WriteRecord]:
         """Return every logged write of `subject`, oldest first (empty when never taught)."""
         with self._mutex:
