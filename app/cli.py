@@ -23,8 +23,8 @@ import json
 import logging
 import os
 import sys
+import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
@@ -699,16 +699,33 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         return EXIT_FAILED if report.failed else EXIT_OK
 
     print(f"watching {folder} every {args.interval:g} s; press Ctrl-C to stop", file=sys.stderr)
+    # Ctrl-C sets an event instead of raising KeyboardInterrupt wherever the
+    # main thread happens to be: an exception raised between taking and
+    # releasing the memory's lock could leave it held and hang the close.
+    # A running pass is cancelled at its next file; a second Ctrl-C
+    # interrupts at once.
+    stop = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+
+        def request_stop(signum, frame) -> None:
+            stop.set()
+            signal.signal(signal.SIGINT, previous)
+
+        previous = signal.signal(signal.SIGINT, request_stop)
     try:
-        while True:
-            time.sleep(args.interval)
+        while not stop.wait(args.interval):
             current = _folder_snapshot(folder)
             if current == snapshot:
                 continue
             snapshot = current
-            _ingest_once(args, folder)
+            _ingest_once(args, folder, stop)
     except KeyboardInterrupt:
-        print("stopped watching", file=sys.stderr)
+        pass
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    print("stopped watching", file=sys.stderr)
     return EXIT_OK
 
 
@@ -726,12 +743,12 @@ def _folder_snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     return snapshot
 
 
-def _ingest_once(args: argparse.Namespace, folder: Path):
+def _ingest_once(args: argparse.Namespace, folder: Path, cancel: threading.Event | None = None):
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     console = Console(stderr=True)
-    cancel = threading.Event()
+    cancel = cancel or threading.Event()
     # Documents never use the sentence encoder, so it is not loaded.
     with _open_memory(args, warm_up_encoder=False) as memory, Progress(
         TextColumn("{task.description}"),
