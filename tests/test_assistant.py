@@ -472,8 +472,8 @@ def test_passage_copy_keeps_whole_sentences(tmp_path, chat_model):
 @pytest.mark.model
 @needs_model
 def test_forgotten_subject_not_answered_from_passages(tmp_path, chat_model):
-    # A note still mentions the locker code, but the user told the memory to
-    # forget it: the question gets "I don't know", not the note.
+    # A note still mentions the locker code, but the fact itself was
+    # forgotten on purpose, so the question gets "I don't know", not the note.
     from app.memory import Memory
 
     notes = tmp_path / "notes"
