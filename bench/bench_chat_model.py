@@ -3,9 +3,11 @@ against transformers' LlamaForCausalLM on the same GGUF weights, in one run.
 
 It measures load time, time to first token and exactness (logits on real
 texts, greedy answers on facts prompts). It measures decode tokens/s at
-several contexts and prefill tokens/s for both models. Then HydraLM streams
-real text (state bytes, RSS, finite logits, decode speed at the end), and
-perplexity is computed with and without sinks.
+several contexts and prefill tokens/s for both models, and transformers'
+decode again with its weights stored column-major as HydraLM stores them.
+Then HydraLM streams real text (state bytes, RSS, finite logits, decode
+speed at chosen points and at the end), and perplexity is computed with and
+without sinks.
 Every section has a time budget so the run fits a shared CPU; whatever a
 budget cut short is reported as such.
 
@@ -38,6 +40,7 @@ import torch  # noqa: E402
 from app import chat_model as cm  # noqa: E402
 from app import paths  # noqa: E402
 from hydralm.generation import SamplingSettings  # noqa: E402
+from hydralm.layers.packing import make_column_major  # noqa: E402
 
 PROCESS = psutil.Process()
 
@@ -135,6 +138,21 @@ def hf_decode_rate(llama, cache, last_logits, steps: int) -> tuple[float, float]
     return rates
 
 
+def set_column_major(model: torch.nn.Module, column_major: bool) -> None:
+    """Store every Linear and Embedding weight of `model` column-major (True) or row-major (False).
+
+    HydraLM's loader packs its own weights column-major on CPU (see
+    `HydraLM.pack_weights`); this gives transformers the same layout, to
+    show how much of the decode gap the layout alone makes.
+    """
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+            if column_major:
+                make_column_major(module)
+            else:
+                module.weight.data = module.weight.detach().contiguous()
+
+
 def section(name: str) -> None:
     print(f"\n## {name}", flush=True)
 
@@ -151,6 +169,11 @@ def main() -> None:
     parser.add_argument("--decode-steps", type=int, default=8, help="timed decode steps per measurement")
     parser.add_argument("--stream-tokens", type=int, default=1_000_000, help="tokens to stream")
     parser.add_argument("--stream-budget-s", type=float, default=900, help="time budget of the long stream")
+    parser.add_argument(
+        "--stream-decode-at",
+        default="100000",
+        help="streamed token counts after which decode speed is measured, comma-separated ('' for none)",
+    )
     parser.add_argument("--ppl-tokens", type=int, default=100_000, help="tokens of the perplexity text")
     parser.add_argument("--ppl-window", type=int, default=None, help="window of the perplexity passes (default --window)")
     parser.add_argument("--ppl-budget-s", type=float, default=300, help="time budget of each perplexity pass")
@@ -272,6 +295,9 @@ def main() -> None:
         read = context
         hydra_rate, hydra_cpu_rate = hydra_decode_rate(model, logits, state, args.decode_steps)
         hf_rate, hf_cpu_rate = hf_decode_rate(llama, cache, hf_logits, args.decode_steps)
+        set_column_major(llama, True)
+        hf_cm_rate, _ = hf_decode_rate(llama, cache, hf_logits, args.decode_steps)
+        set_column_major(llama, False)
         decode.append(
             {
                 "context": context,
@@ -281,12 +307,15 @@ def main() -> None:
                 "hydra_tok_per_cpu_s": hydra_cpu_rate,
                 "hf_tok_per_cpu_s": hf_cpu_rate,
                 "cpu_ratio": hydra_cpu_rate / hf_cpu_rate,
+                "hf_column_major_tok_s": hf_cm_rate,
+                "ratio_to_hf_column_major": hydra_rate / hf_cm_rate,
             }
         )
         print(
             f"context {context}: HydraLM {hydra_rate:.2f} tok/s, HF {hf_rate:.2f} tok/s, ratio "
             f"{hydra_rate / hf_rate:.2f}; per CPU second {hydra_cpu_rate:.2f} vs {hf_cpu_rate:.2f}, "
-            f"ratio {hydra_cpu_rate / hf_cpu_rate:.2f}",
+            f"ratio {hydra_cpu_rate / hf_cpu_rate:.2f}; HF with column-major weights {hf_cm_rate:.2f} tok/s, "
+            f"ratio {hydra_rate / hf_cm_rate:.2f}",
             flush=True,
         )
         save()
@@ -305,6 +334,8 @@ def main() -> None:
     streamed = read
     repeats = 0
     marks = []
+    decode_marks = sorted(int(value) for value in args.stream_decode_at.split(",") if value.strip())
+    decode_during_stream = []
     finite = True
     while streamed < args.stream_tokens and time.perf_counter() - started < args.stream_budget_s:
         offset = streamed % len(stream_ids)
@@ -317,6 +348,11 @@ def main() -> None:
         if len(marks) == 0 or streamed - marks[-1]["tokens"] >= 10_000:
             marks.append({"tokens": streamed, "rss_mib": rss_mib(), "state_bytes": state.nbytes()})
             print(f"streamed {streamed}: RSS {marks[-1]['rss_mib']:.0f} MiB, state {state.nbytes()} bytes", flush=True)
+        if decode_marks and streamed >= decode_marks[0]:
+            decode_marks.pop(0)
+            rate, cpu_rate = hydra_decode_rate(model, logits, state, args.decode_steps)
+            decode_during_stream.append({"tokens": streamed, "hydra_tok_s": rate, "hydra_tok_per_cpu_s": cpu_rate})
+            print(f"decode after {streamed} streamed tokens: {rate:.2f} tok/s", flush=True)
     elapsed = time.perf_counter() - started
     end_rate, end_cpu_rate = hydra_decode_rate(model, logits, state, args.decode_steps)
     results["stream"] = {
@@ -332,6 +368,7 @@ def main() -> None:
         "decode_tok_s_at_end": end_rate,
         "decode_tok_per_cpu_s_at_end": end_cpu_rate,
         "marks": marks,
+        "decode_during_stream": decode_during_stream,
     }
     print(f"streamed {streamed} tokens in {elapsed:.0f} s; decode at the end {end_rate:.2f} tok/s")
     save()

@@ -11,7 +11,10 @@ from torch import nn
 
 from hydralm.config import HydraConfig
 from hydralm.layers.block import HydraBlock
+from hydralm.layers.mlp import SwiGLU
 from hydralm.layers.norm import RMSNorm
+from hydralm.layers.packing import make_column_major
+from hydralm.layers.sliding_window import SlidingWindowAttention
 from hydralm.state import HydraState
 
 logger = logging.getLogger(__name__)
@@ -173,6 +176,24 @@ class HydraLM(nn.Module):
     def output_weight(self) -> torch.Tensor:
         """(V, C) weight of the output projection: lm_head's, or the embedding when tied."""
         return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
+    def pack_weights(self) -> None:
+        """Lay the weights out for fast one-token steps; outputs stay the same up to float rounding.
+
+        Joins the q/k/v projections of attention layers and the gate/up
+        projections of every MLP into one product each and stores every
+        weight matrix column-major, which makes a decode step on CPU about
+        1.2x faster (see `hydralm.layers.packing`). Parameter names, shapes
+        and values do not change. Call it after moving the model to its
+        device and dtype: moving it afterwards undoes the joining (safely).
+        Training still works, through the separate projections.
+        """
+        for module in self.modules():
+            if isinstance(module, (SlidingWindowAttention, SwiGLU)):
+                module.pack()
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)) and module.weight.is_contiguous():
+                make_column_major(module)
 
     def init_state(
         self,

@@ -223,6 +223,33 @@ def test_all_padding_chunk_leaves_state_unchanged():
     assert torch.isfinite(output.logits).all()
 
 
+def test_one_token_steps_with_a_padded_row_leave_that_row_alone():
+    # Row 1 pads every other step, so one-token blocks mix a row that
+    # writes its ring slot with one that must put its slot back; 30 steps
+    # wrap the ring (window 8) several times.
+    config = tiny_config()
+    model = make_model(config)
+    generator = torch.Generator().manual_seed(9)
+    prompt = torch.randint(0, config.vocab_size, (2, 6), generator=generator)
+    tokens = torch.randint(0, config.vocab_size, (30, 2), generator=generator)
+    with torch.no_grad():
+        state = model(prompt).state
+        alone = [model(prompt[row : row + 1]).state for row in range(2)]
+        for step, token_ids in enumerate(tokens):
+            row_mask = torch.tensor([[1], [step % 2]])
+            output = model(token_ids[:, None], state=state, attention_mask=row_mask, reuse_state=True)
+            state = output.state
+            for row in range(2):
+                if row_mask[row, 0]:
+                    expected = model(token_ids[row : row + 1, None], state=alone[row])
+                    alone[row] = expected.state
+                    assert (output.logits[row] - expected.logits[0]).abs().max() < TOLERANCE, (step, row)
+            assert torch.isfinite(output.logits).all()
+    for row in range(2):
+        for name, tensor in alone[row].tensors().items():
+            assert (state.tensors()[name][row] - tensor[0]).abs().max() < TOLERANCE, (row, name)
+
+
 def test_padding_anywhere_is_skipped():
     config = tiny_config()
     model = make_model(config)

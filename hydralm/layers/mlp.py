@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hydralm.layers.packing import JoinedLinear, joined_outputs
+
 
 class SwiGLU(nn.Module):
     """down_proj(silu(gate_proj(x)) * up_proj(x))."""
@@ -15,6 +17,12 @@ class SwiGLU(nn.Module):
         self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
         self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+        self.joined_gate_up: JoinedLinear | None = None
+
+    def pack(self) -> None:
+        """Join the gate and up projections into one column-major product (see `hydralm.layers.packing`)."""
+        self.joined_gate_up = JoinedLinear([self.gate_proj, self.up_proj])
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(hidden_states)) * self.up_proj(hidden_states))
+        gate, up = joined_outputs(self.joined_gate_up, [self.gate_proj, self.up_proj], hidden_states)
+        return self.down_proj(F.silu(gate) * up)

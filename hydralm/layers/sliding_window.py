@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from hydralm.config import HydraConfig
+from hydralm.layers.packing import JoinedLinear, joined_outputs
 from hydralm.layers.rope import RotaryEmbedding
 
 # Queries per attention block of a long input. Each block attends to
@@ -89,11 +90,17 @@ class BlockPlan:
         sink_write: (rotation by own position, sink slot per token (B, C))
             when the block holds sink tokens, else None.
         query_sink: rotation of queries for the sink scores.
-        used: filled ring slots taking part in the scores.
-        blocked: (B, 1, 1, C, S+used+C) True where a score is masked out.
+        used: filled ring slots taking part in the scores. A longer block
+            attends to the ring as it was before the block and to the
+            block's own keys; a one-token block writes its key first and
+            attends to the ring after the write.
+        blocked: True where a score is masked out: (B, 1, 1, C, S+used+C)
+            for longer blocks, (B, 1, 1, 1, S+used) for one-token blocks.
+        any_blocked: whether `blocked` masks anything (a long decode masks nothing).
         ring_slot: (B, C) ring slot each token writes; W drops the write.
-        keep: (B, 1, 1, 1) for one-token blocks, True where the token is not
-            written; None for longer blocks.
+        keep: (B, 1, 1, 1) for one-token blocks where some token is not
+            written, True at those; None when every token is written and
+            for longer blocks.
         rebase: rotation moving the cached keys to the next origin, or None.
         window_bias: (B, 1, 1, C, used+C) additive mask of the ring and block
             scores for the fused path of longer blocks; None for one-token blocks.
@@ -104,6 +111,7 @@ class BlockPlan:
     query_sink: Rotation
     used: int
     blocked: torch.Tensor
+    any_blocked: bool
     ring_slot: torch.Tensor
     keep: torch.Tensor | None
     rebase: Rotation | None
@@ -132,6 +140,11 @@ class SlidingWindowAttention(nn.Module):
         self.v_proj = nn.Linear(hidden_size, self.num_key_value_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden_size, bias=bias)
         self.rotary = RotaryEmbedding(self.head_dim, config.rope_theta)
+        self.joined_qkv: JoinedLinear | None = None
+
+    def pack(self) -> None:
+        """Join the q, k and v projections into one column-major product (see `hydralm.layers.packing`)."""
+        self.joined_qkv = JoinedLinear([self.q_proj, self.k_proj, self.v_proj])
 
     def init_state(
         self, batch_size: int, device: torch.device | None = None, dtype: torch.dtype | None = None
@@ -174,9 +187,10 @@ class SlidingWindowAttention(nn.Module):
         B, T, _ = hidden_states.shape
         H, H_kv, D = self.num_heads, self.num_key_value_heads, self.head_dim
 
-        q = self.q_proj(hidden_states).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_proj(hidden_states).view(B, T, H_kv, D).transpose(1, 2)  # (B, H_kv, T, D)
-        v = self.v_proj(hidden_states).view(B, T, H_kv, D).transpose(1, 2)  # (B, H_kv, T, D)
+        q, k, v = joined_outputs(self.joined_qkv, [self.q_proj, self.k_proj, self.v_proj], hidden_states)
+        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, H_kv, D).transpose(1, 2)  # (B, H_kv, T, D)
+        v = v.view(B, T, H_kv, D).transpose(1, 2)  # (B, H_kv, T, D)
 
         if plans is None:
             plans = {}
@@ -239,30 +253,36 @@ class SlidingWindowAttention(nn.Module):
         query_sink = self._rotation(positions, dtype, S + W)  # clamped to S+W-1
         sink_mask = torch.arange(S, device=device)[None, None, :] <= positions[:, :, None]  # (B, C, S)
 
-        # The ring buffer contains positions past_length-W .. past_length-1.
-        # Until it wraps, only slots 0 .. past_length-S-1 are filled, so the
-        # others are left out of the scores.
-        used = min(W, max(0, int(past_length.max()) - S))
-        slots = torch.arange(used, device=device)
-        oldest = past_length - W  # (B,)
-        ring_positions = oldest[:, None] + torch.remainder(slots[None, :] - (oldest[:, None] - S), W)  # (B, used)
-        ring_distance = positions[:, :, None] - ring_positions[:, None, :]  # (B, C, used)
-        ring_mask = (ring_positions >= S)[:, None, :] & (ring_distance < W)  # (B, C, used)
-        block_distance = positions[:, :, None] - positions[:, None, :]  # (B, C, C)
-        block_valid = real & (positions >= S)  # (B, C)
-        block_mask = block_valid[:, None, :] & (block_distance >= 0) & (block_distance < W)  # (B, C, C)
-        blocked = ~torch.cat([sink_mask, ring_mask, block_mask], dim=-1)[:, None, None]  # (B, 1, 1, C, S+used+C)
-
         # Ring update: only the last W real non-sink positions are written,
         # so no two writes share a slot.
         new_length = past_length + real.sum(dim=1)  # (B,)
+        block_valid = real & (positions >= S)  # (B, C)
         write = block_valid & (positions >= new_length[:, None] - W)  # (B, C)
         if C == 1:
-            # One token per sequence: a sequence that does not write puts
-            # back what its slot holds, so each sequence touches one slot.
+            # One token per sequence, written before it attends: the ring
+            # then holds the last min(W, n - S) non-sink tokens of a sequence
+            # of n tokens, all within the window of the new one. A sequence
+            # that does not write puts back what its slot holds, so each
+            # sequence touches one slot.
+            filled = (new_length - S).clamp(0, W)  # (B,)
+            used = int(filled.max())
+            ring_mask = torch.arange(used, device=device)[None, None, :] < filled[:, None, None]  # (B, 1, used)
+            blocked = ~torch.cat([sink_mask, ring_mask], dim=-1)[:, None, None]  # (B, 1, 1, 1, S+used)
             ring_slot = torch.remainder(positions - S, W)  # (B, 1)
-            keep = ~write[:, None, :, None]  # (B, 1, 1, 1)
+            keep = ~write[:, None, :, None] if not bool(write.all()) else None  # (B, 1, 1, 1)
         else:
+            # The ring contains positions past_length-W .. past_length-1.
+            # Until it wraps, only slots 0 .. past_length-S-1 are filled, so
+            # the others are left out of the scores.
+            used = min(W, max(0, int(past_length.max()) - S))
+            slots = torch.arange(used, device=device)
+            oldest = past_length - W  # (B,)
+            ring_positions = oldest[:, None] + torch.remainder(slots[None, :] - (oldest[:, None] - S), W)  # (B, used)
+            ring_distance = positions[:, :, None] - ring_positions[:, None, :]  # (B, C, used)
+            ring_mask = (ring_positions >= S)[:, None, :] & (ring_distance < W)  # (B, C, used)
+            block_distance = positions[:, :, None] - positions[:, None, :]  # (B, C, C)
+            block_mask = block_valid[:, None, :] & (block_distance >= 0) & (block_distance < W)  # (B, C, C)
+            blocked = ~torch.cat([sink_mask, ring_mask, block_mask], dim=-1)[:, None, None]  # (B, 1, 1, C, S+used+C)
             ring_slot = torch.where(write, torch.remainder(positions - S, W), torch.full_like(positions, W))
             keep = None
 
@@ -278,7 +298,10 @@ class SlidingWindowAttention(nn.Module):
         if C > 1:
             window_bias = torch.zeros(blocked[..., S:].shape, dtype=dtype, device=device)
             window_bias.masked_fill_(blocked[..., S:], torch.finfo(dtype).min)
-        return BlockPlan(window, sink_write, query_sink, used, blocked, ring_slot, keep, rebase, window_bias)
+        any_blocked = bool(blocked.any())
+        return BlockPlan(
+            window, sink_write, query_sink, used, blocked, any_blocked, ring_slot, keep, rebase, window_bias
+        )
 
     def _attend_block(
         self,
@@ -309,33 +332,30 @@ class SlidingWindowAttention(nn.Module):
 
         ring_keys = state.window_keys.to(dtype)
         ring_values = state.window_values.to(dtype)
-        used_keys, used_values = ring_keys[:, :, :used], ring_values[:, :, :used]
         # Each key/value head serves G query heads: fold them into the rows of
         # one matmul per head rather than broadcasting (which copies the cache G times).
         q_window = q_window.reshape(B, H_kv, G * C, D)
         q_sink = q_sink.reshape(B, H_kv, G * C, D)
         if plan.window_bias is None:
-            output = self._attend_one(q_window, q_sink, sink_keys, sink_values, used_keys, used_values, k_window, v, plan)
+            # One token: write its key and value into the ring, then attend
+            # to the sinks and the ring alone. In place only when the cache
+            # already has the compute dtype, so ring_keys is the caller's
+            # tensor and not a converted copy.
+            in_place = reuse_state and state.window_keys.dtype == dtype
+            new_window_keys = self._write_slot(ring_keys, k_window, plan, in_place)
+            new_window_values = self._write_slot(ring_values, v, plan, in_place)
+            output = self._attend_step(
+                q_window, q_sink, sink_keys, sink_values, new_window_keys[:, :, :used], new_window_values[:, :, :used], plan
+            )
         else:
-            output = self._attend_fused(q_window, q_sink, sink_keys, sink_values, used_keys, used_values, k_window, v, plan)
-        output = output.view(B, H, C, D)
-
-        index = plan.ring_slot[:, None, :, None].expand(B, H_kv, C, D)
-        if plan.keep is not None:
-            key_source = torch.where(plan.keep, ring_keys.gather(2, index), k_window)
-            value_source = torch.where(plan.keep, ring_values.gather(2, index), v)
-            # In place only when the cache already has the compute dtype, so
-            # ring_keys is the caller's tensor and not a converted copy.
-            if reuse_state and state.window_keys.dtype == dtype:
-                new_window_keys = ring_keys.scatter_(2, index, key_source)
-                new_window_values = ring_values.scatter_(2, index, value_source)
-            else:
-                new_window_keys = ring_keys.scatter(2, index, key_source)
-                new_window_values = ring_values.scatter(2, index, value_source)
-        else:
+            output = self._attend_fused(
+                q_window, q_sink, sink_keys, sink_values, ring_keys[:, :, :used], ring_values[:, :, :used], k_window, v, plan
+            )
+            index = plan.ring_slot[:, None, :, None].expand(B, H_kv, C, D)
             zero_slot = k.new_zeros(B, H_kv, 1, D)
             new_window_keys = torch.cat([ring_keys, zero_slot], dim=2).scatter(2, index, k_window)[:, :, :W]
             new_window_values = torch.cat([ring_values, zero_slot], dim=2).scatter(2, index, v)[:, :, :W]
+        output = output.view(B, H, C, D)
         if plan.rebase is not None:
             new_window_keys = plan.rebase.apply(new_window_keys)
 
@@ -348,43 +368,44 @@ class SlidingWindowAttention(nn.Module):
         )
         return output, new_state
 
-    def _attend_one(
+    @staticmethod
+    def _write_slot(ring: torch.Tensor, new: torch.Tensor, plan: BlockPlan, in_place: bool) -> torch.Tensor:
+        """Write one token per sequence, new (B, H_kv, 1, D), into its ring slot; return the ring."""
+        index = plan.ring_slot[:, None, :, None].expand(new.shape)
+        if plan.keep is not None:
+            new = torch.where(plan.keep, ring.gather(2, index), new)
+        return ring.scatter_(2, index, new) if in_place else ring.scatter(2, index, new)
+
+    def _attend_step(
         self,
         q_window: torch.Tensor,
         q_sink: torch.Tensor,
         sink_keys: torch.Tensor,
         sink_values: torch.Tensor,
-        used_keys: torch.Tensor,
-        used_values: torch.Tensor,
-        k_window: torch.Tensor,
-        v: torch.Tensor,
+        ring_keys: torch.Tensor,
+        ring_values: torch.Tensor,
         plan: BlockPlan,
     ) -> torch.Tensor:
-        """Compute attention of a one-token block with explicit scores and a float32 softmax, as Llama does.
+        """Attend one token to the sinks and the ring, with explicit scores and a float32 softmax as Llama does.
 
-        Decode steps use this path. Queries are (B, H_kv, G*C, D); returns (B, H_kv, G*C, D).
+        Decode steps use this path; the ring already holds the token's own
+        key. Queries are (B, H_kv, G, D); returns (B, H_kv, G, D).
         """
-        B, H_kv, rows, _ = q_window.shape
-        G, S, used = self.num_key_value_groups, self.num_sink_tokens, plan.used
-        C = rows // G
-        dtype = q_window.dtype
-        scores = torch.cat(
-            [
-                q_sink @ sink_keys.transpose(-1, -2),  # (B, H_kv, G*C, S)
-                q_window @ used_keys.transpose(-1, -2),  # (B, H_kv, G*C, used)
-                q_window @ k_window.transpose(-1, -2),  # (B, H_kv, G*C, C)
-            ],
-            dim=-1,
-        ).view(B, H_kv, G, C, S + used + C) * self.scaling
-        # A finite fill keeps fully masked rows (pad queries before any real
-        # token) finite; their outputs are never used.
-        scores = scores.float().masked_fill(plan.blocked, torch.finfo(torch.float32).min)
-        probs = torch.softmax(scores, dim=-1).to(dtype).view(B, H_kv, G * C, S + used + C)
-        return (
-            probs[..., :S] @ sink_values
-            + probs[..., S : S + used] @ used_values
-            + probs[..., S + used :] @ v
-        )
+        B, H_kv, G, _ = q_window.shape
+        S = self.num_sink_tokens
+        scores = q_window @ ring_keys.transpose(-1, -2)  # (B, H_kv, G, used)
+        if S > 0:
+            scores = torch.cat([q_sink @ sink_keys.transpose(-1, -2), scores], dim=-1)  # (B, H_kv, G, S+used)
+        scores = (scores * self.scaling).float()
+        if plan.any_blocked:
+            # A finite fill keeps fully masked rows (pad queries before any
+            # real token) finite; their outputs are never used.
+            scores = scores.view(B, H_kv, G, 1, -1).masked_fill(plan.blocked, torch.finfo(torch.float32).min)
+        probs = torch.softmax(scores, dim=-1).to(q_window.dtype).view(B, H_kv, G, -1)
+        output = probs[..., S:] @ ring_values
+        if S > 0:
+            output = output + probs[..., :S] @ sink_values
+        return output
 
     def _attend_fused(
         self,

@@ -1,0 +1,123 @@
+"""Packed weights: same names, values and outputs, one joined product per projection group."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from hydralm.layers.packing import JoinedLinear
+from tests.test_streaming import make_model, run_by_steps, tiny_config
+
+TOLERANCE = 1e-5
+
+
+def packed_copy(model):
+    packed = copy.deepcopy(model)
+    packed.pack_weights()
+    return packed
+
+
+def count_calls(module: nn.Module) -> list[int]:
+    calls = [0]
+
+    def hook(*_):
+        calls[0] += 1
+
+    module.register_forward_hook(hook)
+    return calls
+
+
+def test_packing_keeps_parameter_names_shapes_and_values():
+    model = make_model(tiny_config())
+    packed = packed_copy(model)
+    before, after = model.state_dict(), packed.state_dict()
+    assert list(before) == list(after)
+    for name, tensor in before.items():
+        assert after[name].shape == tensor.shape, name
+        assert torch.equal(after[name], tensor), name
+    attention = packed.model.layers[1].mixer
+    assert not attention.q_proj.weight.is_contiguous()
+    assert attention.q_proj.weight.stride() == (1, attention.joined_qkv.weight.stride(1))
+    assert packed.model.embed_tokens.weight.stride() == (1, packed.config.vocab_size)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_packed_model_gives_the_same_logits_in_one_call_and_by_steps(batch_size):
+    torch.manual_seed(1)
+    model = make_model(tiny_config())
+    packed = packed_copy(model)
+    input_ids = torch.randint(0, 101, (batch_size, 21))
+    with torch.no_grad():
+        torch.testing.assert_close(packed(input_ids).logits, model(input_ids).logits, atol=TOLERANCE, rtol=0)
+        torch.testing.assert_close(run_by_steps(packed, input_ids), run_by_steps(model, input_ids), atol=TOLERANCE, rtol=0)
+
+
+def test_packed_projections_run_as_one_product_without_gradients():
+    packed = packed_copy(make_model(tiny_config()))
+    attention, mlp = packed.model.layers[1].mixer, packed.model.layers[1].mlp
+    q_calls, gate_calls = count_calls(attention.q_proj), count_calls(mlp.gate_proj)
+    input_ids = torch.randint(0, 101, (1, 5))
+    with torch.no_grad():
+        packed(input_ids)
+    assert (q_calls[0], gate_calls[0]) == (0, 0)
+    packed(input_ids)  # gradients enabled: the separate projections run
+    assert (q_calls[0], gate_calls[0]) == (1, 1)
+
+
+def test_training_a_packed_model_updates_the_joined_weights():
+    torch.manual_seed(2)
+    model = make_model(tiny_config())
+    packed = packed_copy(model)
+    input_ids = torch.randint(0, 101, (2, 12))
+    for net in (model, packed):
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
+        net(input_ids, labels=input_ids).loss.backward()
+        assert net.model.layers[1].mixer.q_proj.weight.grad is not None
+        optimizer.step()
+    assert packed.model.layers[1].mixer.joined_qkv.holds_weights()
+    with torch.no_grad():
+        torch.testing.assert_close(packed(input_ids).logits, model(input_ids).logits, atol=TOLERANCE, rtol=0)
+
+
+def test_load_state_dict_into_a_packed_model_reaches_the_joined_weights():
+    packed = packed_copy(make_model(tiny_config(), seed=0))
+    other = make_model(tiny_config(), seed=5)
+    packed.load_state_dict(other.state_dict())
+    assert packed.model.layers[1].mlp.joined_gate_up.holds_weights()
+    input_ids = torch.randint(0, 101, (1, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(packed(input_ids).logits, other(input_ids).logits, atol=TOLERANCE, rtol=0)
+
+
+def test_moving_a_packed_model_to_another_dtype_unpacks_it_safely():
+    packed = packed_copy(make_model(tiny_config(), seed=0)).to(torch.float64)
+    joined = packed.model.layers[1].mixer.joined_qkv
+    # New weights land in the moved parameters only; a stale joined copy
+    # would still hold the old ones.
+    other = make_model(tiny_config(), seed=5).to(torch.float64)
+    packed.load_state_dict(other.state_dict())
+    input_ids = torch.randint(0, 101, (1, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(packed(input_ids).logits, other(input_ids).logits, atol=TOLERANCE, rtol=0)
+    assert not joined.holds_weights()
+    assert joined.weight is None  # the stale float32 copy is released
+
+
+def test_joined_linear_rejects_linears_that_cannot_share_a_product():
+    with pytest.raises(ValueError, match="in_features"):
+        JoinedLinear([nn.Linear(4, 3), nn.Linear(5, 3)])
+    with pytest.raises(ValueError, match="bias"):
+        JoinedLinear([nn.Linear(4, 3), nn.Linear(4, 3, bias=False)])
+
+
+def test_joined_linear_with_biases_matches_the_separate_linears():
+    torch.manual_seed(3)
+    linears = [nn.Linear(6, 4), nn.Linear(6, 2)]
+    expected = [linear(torch.ones(2, 6)).detach() for linear in linears]
+    joined = JoinedLinear(linears)
+    for output, reference in zip(joined(torch.ones(2, 6)), expected):
+        torch.testing.assert_close(output, reference)
+    assert joined.holds_weights()
