@@ -24,6 +24,7 @@ import math
 import os
 import platform
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -96,15 +97,22 @@ def hydra_prefill(model, ids: torch.Tensor, state, chunk: int = 1024):
     return logits, state
 
 
-def timed_rate(steps: int, run) -> tuple[float, float]:
-    """Run `run()`, which decodes `steps` tokens; return tokens per wall second and per CPU second.
+WARMUP_STEPS = 2
+
+
+def timed_rate(steps: int, step) -> tuple[float, float]:
+    """Call `step()`, which decodes one token, WARMUP_STEPS times untimed and then
+    `steps` times; return tokens per wall second and per CPU second.
 
     CPU time is the whole process's. With one torch thread it is the model's
     own cost per token, so it does not change while other processes use the
     cores. With more threads it also counts their spin-waiting.
     """
+    for _ in range(WARMUP_STEPS):
+        step()
     wall, cpu = time.perf_counter(), time.process_time()
-    run()
+    for _ in range(steps):
+        step()
     return steps / (time.perf_counter() - wall), steps / (time.process_time() - cpu)
 
 
@@ -112,28 +120,27 @@ def timed_rate(steps: int, run) -> tuple[float, float]:
 def hydra_decode_rate(model, logits, state, steps: int) -> tuple[float, float]:
     # Decoding goes on from a copy, so the caller's state stays as it was.
     state = state.clone()
+    token = torch.tensor([int(logits.argmax())])
 
-    def run() -> None:
-        nonlocal state
-        token = torch.tensor([int(logits.argmax())])
-        for _ in range(steps):
-            step_logits, state = model.step(token, state, reuse_state=True)
-            token = step_logits.argmax(-1)
+    def step() -> None:
+        nonlocal state, token
+        step_logits, state = model.step(token, state, reuse_state=True)
+        token = step_logits.argmax(-1)
 
-    return timed_rate(steps, run)
+    return timed_rate(steps, step)
 
 
 @torch.inference_mode()
 def hf_decode_rate(llama, cache, last_logits, steps: int) -> tuple[float, float]:
     length = cache.get_seq_length()
+    token = last_logits.argmax(-1).view(1, 1)
 
-    def run() -> None:
-        token = last_logits.argmax(-1).view(1, 1)
-        for _ in range(steps):
-            output = llama(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            token = output.logits[:, -1].argmax(-1).view(1, 1)
+    def step() -> None:
+        nonlocal token
+        output = llama(input_ids=token, cache=cache, use_cache=True, logits_to_keep=1)
+        token = output.logits[:, -1].argmax(-1).view(1, 1)
 
-    rates = timed_rate(steps, run)
+    rates = timed_rate(steps, step)
     cache.crop(length - cache.get_seq_length())  # a negative count removes that many tokens
     return rates
 
@@ -167,6 +174,7 @@ def main() -> None:
     parser.add_argument("--greedy-budget-s", type=float, default=600, help="time budget of the greedy check")
     parser.add_argument("--contexts", default="128,2048,8192", help="decode contexts, comma-separated")
     parser.add_argument("--decode-steps", type=int, default=8, help="timed decode steps per measurement")
+    parser.add_argument("--decode-rounds", type=int, default=3, help="alternating measurements of each model per context")
     parser.add_argument("--stream-tokens", type=int, default=1_000_000, help="tokens to stream")
     parser.add_argument("--stream-budget-s", type=float, default=900, help="time budget of the long stream")
     parser.add_argument(
@@ -287,17 +295,32 @@ def main() -> None:
         started = time.perf_counter()
         with torch.inference_mode():
             for start in range(0, chunk.shape[1], 1024):
-                output = llama(
-                    input_ids=chunk[:, start : start + 1024], past_key_values=cache, use_cache=True, logits_to_keep=1
-                )
+                output = llama(input_ids=chunk[:, start : start + 1024], cache=cache, use_cache=True, logits_to_keep=1)
                 hf_logits = output.logits[:, -1]
         hf_prefill_s += time.perf_counter() - started
         read = context
-        hydra_rate, hydra_cpu_rate = hydra_decode_rate(model, logits, state, args.decode_steps)
-        hf_rate, hf_cpu_rate = hf_decode_rate(llama, cache, hf_logits, args.decode_steps)
-        set_column_major(llama, True)
-        hf_cm_rate, _ = hf_decode_rate(llama, cache, hf_logits, args.decode_steps)
-        set_column_major(llama, False)
+        # Rounds alternate the models, so a slow spell of the shared machine
+        # lands on both; each rate is the median over the rounds.
+        rounds = []
+        for _ in range(args.decode_rounds):
+            hydra_rate, hydra_cpu_rate = hydra_decode_rate(model, logits, state, args.decode_steps)
+            hf_rate, hf_cpu_rate = hf_decode_rate(llama, cache, hf_logits, args.decode_steps)
+            set_column_major(llama, True)
+            hf_cm_rate, _ = hf_decode_rate(llama, cache, hf_logits, args.decode_steps)
+            set_column_major(llama, False)
+            rounds.append(
+                {
+                    "hydra_tok_s": hydra_rate,
+                    "hf_tok_s": hf_rate,
+                    "hydra_tok_per_cpu_s": hydra_cpu_rate,
+                    "hf_tok_per_cpu_s": hf_cpu_rate,
+                    "hf_column_major_tok_s": hf_cm_rate,
+                }
+            )
+        hydra_rate, hf_rate, hydra_cpu_rate, hf_cpu_rate, hf_cm_rate = (
+            statistics.median(entry[name] for entry in rounds)
+            for name in ("hydra_tok_s", "hf_tok_s", "hydra_tok_per_cpu_s", "hf_tok_per_cpu_s", "hf_column_major_tok_s")
+        )
         decode.append(
             {
                 "context": context,
@@ -309,6 +332,7 @@ def main() -> None:
                 "cpu_ratio": hydra_cpu_rate / hf_cpu_rate,
                 "hf_column_major_tok_s": hf_cm_rate,
                 "ratio_to_hf_column_major": hydra_rate / hf_cm_rate,
+                "rounds": rounds,
             }
         )
         print(

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from hydralm.layers.packing import JoinedLinear
+from hydralm.layers.packing import JoinedLinear, joined_outputs
 from tests.test_streaming import make_model, run_by_steps, tiny_config
 
 TOLERANCE = 1e-5
@@ -115,9 +115,24 @@ def test_joined_linear_rejects_linears_that_cannot_share_a_product():
 
 def test_joined_linear_with_biases_matches_the_separate_linears():
     torch.manual_seed(3)
-    linears = [nn.Linear(6, 4), nn.Linear(6, 2)]
-    expected = [linear(torch.ones(2, 6)).detach() for linear in linears]
+    linears = [nn.Linear(6, 4), nn.Linear(6, 2), nn.Linear(6, 3)]
+    x = torch.randn(2, 6)
+    expected = [linear(x).detach() for linear in linears]
     joined = JoinedLinear(linears)
-    for output, reference in zip(joined(torch.ones(2, 6)), expected):
-        torch.testing.assert_close(output, reference)
     assert joined.holds_weights()
+    with torch.no_grad():
+        outputs = joined_outputs(joined, linears, x)
+        grouped = joined_outputs(joined, linears, x, groups=(2, 1))
+    for output, reference in zip(outputs, expected):
+        torch.testing.assert_close(output, reference)
+    torch.testing.assert_close(grouped[0], torch.cat(expected[:2], dim=-1))
+    torch.testing.assert_close(grouped[1], expected[2])
+
+
+def test_joined_outputs_groups_the_separate_products_the_same_way():
+    linears = [nn.Linear(6, 4), nn.Linear(6, 2), nn.Linear(6, 3)]
+    x = torch.randn(2, 6)
+    grouped = joined_outputs(None, linears, x, groups=(1, 2))
+    assert [tuple(output.shape) for output in grouped] == [(2, 4), (2, 5)]
+    with pytest.raises(ValueError, match="add up"):
+        joined_outputs(None, linears, x, groups=(1, 1))

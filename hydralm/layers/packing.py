@@ -80,22 +80,37 @@ class JoinedLinear:
             self.weight = self.bias = None
         return holds
 
-    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Return each linear's output for x (..., in_features), in order."""
-        return list(F.linear(x, self.weight, self.bias).split(self.sizes, dim=-1))
-
 
 def _shares_storage(joined: torch.Tensor, parts: Sequence[torch.Tensor]) -> bool:
     storage = joined.untyped_storage().data_ptr()
     return all(part.untyped_storage().data_ptr() == storage for part in parts)
 
 
-def joined_outputs(joined: JoinedLinear | None, linears: Sequence[nn.Linear], x: torch.Tensor) -> list[torch.Tensor]:
+def joined_outputs(
+    joined: JoinedLinear | None,
+    linears: Sequence[nn.Linear],
+    x: torch.Tensor,
+    groups: Sequence[int] | None = None,
+) -> list[torch.Tensor]:
     """Outputs of `linears` on x: one joined product when that is valid, else one product each.
 
-    The joined weight is a plain tensor, so gradients would not reach the
+    `groups` merges consecutive outputs along the last dimension: (2, 1)
+    returns the first two outputs as one tensor and the third alone. The
+    joined weight is a plain tensor, so gradients would not reach the
     parameters through it; with gradients enabled the separate products run.
     """
+    groups = groups or [1] * len(linears)
+    if sum(groups) != len(linears):
+        raise ValueError(f"groups {list(groups)} do not add up to {len(linears)} linears")
     if joined is not None and not torch.is_grad_enabled() and joined.holds_weights():
-        return joined(x)
-    return [linear(x) for linear in linears]
+        sizes, start = [], 0
+        for count in groups:
+            sizes.append(sum(joined.sizes[start : start + count]))
+            start += count
+        return list(F.linear(x, joined.weight, joined.bias).split(sizes, dim=-1))
+    outputs, start = [], 0
+    for count in groups:
+        parts = [linear(x) for linear in linears[start : start + count]]
+        outputs.append(parts[0] if count == 1 else torch.cat(parts, dim=-1))
+        start += count
+    return outputs

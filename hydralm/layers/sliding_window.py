@@ -97,7 +97,8 @@ class BlockPlan:
         blocked: True where a score is masked out: (B, 1, 1, C, S+used+C)
             for longer blocks, (B, 1, 1, 1, S+used) for one-token blocks.
         any_blocked: whether `blocked` masks anything (a long decode masks nothing).
-        ring_slot: (B, C) ring slot each token writes; W drops the write.
+        ring_index: (B, H_kv, C, D) ring slot each token writes, expanded for
+            scatter; slot W drops the write.
         keep: (B, 1, 1, 1) for one-token blocks where some token is not
             written, True at those; None when every token is written and
             for longer blocks.
@@ -112,7 +113,7 @@ class BlockPlan:
     used: int
     blocked: torch.Tensor
     any_blocked: bool
-    ring_slot: torch.Tensor
+    ring_index: torch.Tensor
     keep: torch.Tensor | None
     rebase: Rotation | None
     window_bias: torch.Tensor | None
@@ -187,9 +188,9 @@ class SlidingWindowAttention(nn.Module):
         B, T, _ = hidden_states.shape
         H, H_kv, D = self.num_heads, self.num_key_value_heads, self.head_dim
 
-        q, k, v = joined_outputs(self.joined_qkv, [self.q_proj, self.k_proj, self.v_proj], hidden_states)
-        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(B, T, H_kv, D).transpose(1, 2)  # (B, H_kv, T, D)
+        # Queries and keys come as one tensor, so one rotation serves both.
+        qk, v = joined_outputs(self.joined_qkv, [self.q_proj, self.k_proj, self.v_proj], hidden_states, groups=(2, 1))
+        qk = qk.view(B, T, H + H_kv, D).transpose(1, 2)  # (B, H + H_kv, T, D): query heads, then key heads
         v = v.view(B, T, H_kv, D).transpose(1, 2)  # (B, H_kv, T, D)
 
         if plans is None:
@@ -198,18 +199,16 @@ class SlidingWindowAttention(nn.Module):
         outputs = []
         for start in range(0, T, self.block_size):
             end = min(start + self.block_size, T)
-            key = (start, self.sliding_window, self.num_sink_tokens, q.dtype)
+            key = (start, self.sliding_window, self.num_sink_tokens, H_kv, D, qk.dtype)
             plan = plans.get(key)
             if plan is None:
                 if real_before is None:
                     real_before = torch.cumsum(mask.long(), dim=1) - mask.long()  # (B, T) real tokens before each
                 plan = self._plan(
-                    positions[:, start:end], mask[:, start:end], past_length + real_before[:, start], q.dtype
+                    positions[:, start:end], mask[:, start:end], past_length + real_before[:, start], qk.dtype
                 )
                 plans[key] = plan
-            block_output, state = self._attend_block(
-                q[:, :, start:end], k[:, :, start:end], v[:, :, start:end], plan, state, reuse_state
-            )
+            block_output, state = self._attend_block(qk[:, :, start:end], v[:, :, start:end], plan, state, reuse_state)
             outputs.append(block_output)
         attn_output = torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]  # (B, H, T, D)
         attn_output = attn_output.transpose(1, 2).reshape(B, T, H * D)
@@ -299,27 +298,28 @@ class SlidingWindowAttention(nn.Module):
             window_bias = torch.zeros(blocked[..., S:].shape, dtype=dtype, device=device)
             window_bias.masked_fill_(blocked[..., S:], torch.finfo(dtype).min)
         any_blocked = bool(blocked.any())
+        ring_index = ring_slot[:, None, :, None].expand(B, self.num_key_value_heads, C, self.head_dim)
         return BlockPlan(
-            window, sink_write, query_sink, used, blocked, any_blocked, ring_slot, keep, rebase, window_bias
+            window, sink_write, query_sink, used, blocked, any_blocked, ring_index, keep, rebase, window_bias
         )
 
     def _attend_block(
         self,
-        q: torch.Tensor,
-        k: torch.Tensor,
+        qk: torch.Tensor,
         v: torch.Tensor,
         plan: BlockPlan,
         state: SWALayerState,
         reuse_state: bool = False,
     ) -> tuple[torch.Tensor, SWALayerState]:
         """Attend one block of C queries to [sinks, ring buffer, block] and update the cache."""
-        B, H, C, D = q.shape
-        H_kv, G = self.num_key_value_heads, self.num_key_value_groups
+        B, _, C, D = qk.shape
+        H, H_kv, G = self.num_heads, self.num_key_value_heads, self.num_key_value_groups
         S, W, used = self.num_sink_tokens, self.sliding_window, plan.used
-        dtype = q.dtype
+        dtype = qk.dtype
 
-        k_window = plan.window.apply(k)  # (B, H_kv, C, D)
-        q_window = plan.window.apply(q)  # (B, H, C, D)
+        q, k = qk[:, :H], qk[:, H:]  # (B, H, C, D), (B, H_kv, C, D)
+        qk_window = plan.window.apply(qk)
+        q_window, k_window = qk_window[:, :H], qk_window[:, H:]
         q_sink = plan.query_sink.apply(q)  # (B, H, C, D)
         sink_keys = state.sink_keys.to(dtype)
         sink_values = state.sink_values.to(dtype)
@@ -351,10 +351,9 @@ class SlidingWindowAttention(nn.Module):
             output = self._attend_fused(
                 q_window, q_sink, sink_keys, sink_values, ring_keys[:, :, :used], ring_values[:, :, :used], k_window, v, plan
             )
-            index = plan.ring_slot[:, None, :, None].expand(B, H_kv, C, D)
             zero_slot = k.new_zeros(B, H_kv, 1, D)
-            new_window_keys = torch.cat([ring_keys, zero_slot], dim=2).scatter(2, index, k_window)[:, :, :W]
-            new_window_values = torch.cat([ring_values, zero_slot], dim=2).scatter(2, index, v)[:, :, :W]
+            new_window_keys = torch.cat([ring_keys, zero_slot], dim=2).scatter(2, plan.ring_index, k_window)[:, :, :W]
+            new_window_values = torch.cat([ring_values, zero_slot], dim=2).scatter(2, plan.ring_index, v)[:, :, :W]
         output = output.view(B, H, C, D)
         if plan.rebase is not None:
             new_window_keys = plan.rebase.apply(new_window_keys)
@@ -371,10 +370,9 @@ class SlidingWindowAttention(nn.Module):
     @staticmethod
     def _write_slot(ring: torch.Tensor, new: torch.Tensor, plan: BlockPlan, in_place: bool) -> torch.Tensor:
         """Write one token per sequence, new (B, H_kv, 1, D), into its ring slot; return the ring."""
-        index = plan.ring_slot[:, None, :, None].expand(new.shape)
         if plan.keep is not None:
-            new = torch.where(plan.keep, ring.gather(2, index), new)
-        return ring.scatter_(2, index, new) if in_place else ring.scatter(2, index, new)
+            new = torch.where(plan.keep, ring.gather(2, plan.ring_index), new)
+        return ring.scatter_(2, plan.ring_index, new) if in_place else ring.scatter(2, plan.ring_index, new)
 
     def _attend_step(
         self,
@@ -393,10 +391,13 @@ class SlidingWindowAttention(nn.Module):
         """
         B, H_kv, G, _ = q_window.shape
         S = self.num_sink_tokens
-        scores = q_window @ ring_keys.transpose(-1, -2)  # (B, H_kv, G, used)
+        # Scaling the G queries costs less than scaling the S+used scores;
+        # with a power-of-two scale (head_dim 64) the scores are the same.
+        scores = (q_window * self.scaling) @ ring_keys.transpose(-1, -2)  # (B, H_kv, G, used)
         if S > 0:
-            scores = torch.cat([q_sink @ sink_keys.transpose(-1, -2), scores], dim=-1)  # (B, H_kv, G, S+used)
-        scores = (scores * self.scaling).float()
+            sink_scores = (q_sink * self.scaling) @ sink_keys.transpose(-1, -2)  # (B, H_kv, G, S)
+            scores = torch.cat([sink_scores, scores], dim=-1)  # (B, H_kv, G, S+used)
+        scores = scores.float()
         if plan.any_blocked:
             # A finite fill keeps fully masked rows (pad queries before any
             # real token) finite; their outputs are never used.
