@@ -6,9 +6,10 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from hydralm.layers.packing import JoinedLinear, joined_outputs
+from hydralm.layers.packing import JoinedLinear, joined_outputs, make_column_major, packed_linear
 from tests.test_streaming import make_model, run_by_steps, tiny_config
 
 TOLERANCE = 1e-5
@@ -136,3 +137,30 @@ def test_joined_outputs_groups_the_separate_products_the_same_way():
     assert [tuple(output.shape) for output in grouped] == [(2, 4), (2, 5)]
     with pytest.raises(ValueError, match="add up"):
         joined_outputs(None, linears, x, groups=(1, 1))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("shape", [(6,), (1, 6), (1, 1, 6), (4, 6)])
+def test_packed_linear_matches_f_linear(threads, shape):
+    torch.manual_seed(4)
+    torch.set_num_threads(threads)
+    linear = nn.Linear(6, 5)
+    make_column_major(linear)
+    x = torch.randn(shape)
+    output = packed_linear(x, linear.weight, linear.bias)
+    assert output.shape == shape[:-1] + (5,)
+    torch.testing.assert_close(output, F.linear(x, linear.weight, linear.bias), atol=1e-6, rtol=0)
+
+
+def test_packed_linear_splits_one_row_over_threads(monkeypatch):
+    torch.set_num_threads(2)
+    linear = nn.Linear(8, 3, bias=False)
+    calls = []
+    monkeypatch.setattr(torch, "bmm", lambda a, b: calls.append((a.shape, b.shape)) or torch.matmul(a, b))
+    packed_linear(torch.randn(1, 8), linear.weight)  # row-major weight: plain product
+    assert calls == []
+    make_column_major(linear)
+    packed_linear(torch.randn(1, 8), linear.weight)
+    assert calls == [((2, 1, 4), (2, 4, 3))]
+    packed_linear(torch.randn(2, 8), linear.weight)  # two rows: plain product
+    assert len(calls) == 1

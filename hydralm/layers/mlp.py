@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hydralm.layers.packing import JoinedLinear, joined_outputs
+from hydralm.layers.packing import JoinedLinear, joined_outputs, packed_linear
 
 
 class SwiGLU(nn.Module):
@@ -25,4 +25,4 @@ class SwiGLU(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         gate, up = joined_outputs(self.joined_gate_up, [self.gate_proj, self.up_proj], hidden_states)
-        return self.down_proj(F.silu(gate) * up)
+        return packed_linear(F.silu(gate) * up, self.down_proj.weight)

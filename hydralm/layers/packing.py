@@ -7,7 +7,9 @@ column-major weight, stored as its (in, out) transpose, streams about 1.5x
 faster than against the (out, in) row-major layout nn.Linear keeps, and
 products of many rows run at the same speed either way. Joining the
 projections that read the same input (q, k and v; gate and up) into one
-matrix also saves a matrix product call per projection.
+matrix also saves a matrix product call per projection. torch also runs a
+one-row product on one thread; `packed_linear` splits it over the threads,
+which streams the weights about 1.35x faster again on 2 cores.
 
 Packing keeps every parameter's name, shape and values: a packed linear's
 weight becomes a view of the joined matrix, so `state_dict`, in-place
@@ -24,6 +26,33 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Compute F.linear(x, weight, bias), splitting a one-row product over the CPU threads.
+
+    torch runs a one-row product against a weight on one thread, which
+    cannot stream the weight as fast as the memory allows. For a
+    column-major weight on CPU, the rows of its (in, out) transpose are
+    split into P contiguous parts, one batched product computes the P
+    partial outputs in parallel, and their sum is the result (equal up to
+    rounding). Other inputs go to F.linear.
+    """
+    in_features = weight.shape[1]
+    parts = _reduction_parts(in_features)
+    if parts < 2 or x.numel() != in_features or x.device.type != "cpu" or not weight.t().is_contiguous():
+        return F.linear(x, weight, bias)
+    partial = torch.bmm(x.reshape(parts, 1, in_features // parts), weight.t().view(parts, in_features // parts, -1))
+    output = partial.sum(dim=0).view(*x.shape[:-1], weight.shape[0])
+    return output if bias is None else output + bias
+
+
+def _reduction_parts(in_features: int) -> int:
+    """Largest part count <= the torch thread count (at most 8) that divides in_features."""
+    parts = min(torch.get_num_threads(), 8)
+    while parts > 1 and in_features % parts:
+        parts -= 1
+    return parts
 
 
 def make_column_major(module: nn.Linear | nn.Embedding) -> None:
@@ -107,7 +136,7 @@ def joined_outputs(
         for count in groups:
             sizes.append(sum(joined.sizes[start : start + count]))
             start += count
-        return list(F.linear(x, joined.weight, joined.bias).split(sizes, dim=-1))
+        return list(packed_linear(x, joined.weight, joined.bias).split(sizes, dim=-1))
     outputs, start = [], 0
     for count in groups:
         parts = [linear(x) for linear in linears[start : start + count]]

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from hydralm.config import HydraConfig
-from hydralm.layers.packing import JoinedLinear, joined_outputs
+from hydralm.layers.packing import JoinedLinear, joined_outputs, packed_linear
 from hydralm.layers.rope import RotaryEmbedding
 
 # Queries per attention block of a long input. Each block attends to
@@ -212,7 +212,7 @@ class SlidingWindowAttention(nn.Module):
             outputs.append(block_output)
         attn_output = torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]  # (B, H, T, D)
         attn_output = attn_output.transpose(1, 2).reshape(B, T, H * D)
-        return self.o_proj(attn_output), state
+        return packed_linear(attn_output, self.o_proj.weight, self.o_proj.bias), state
 
     def _key_base(self, length: torch.Tensor) -> torch.Tensor:
         """Angle origin of the cached window keys after `length` real tokens: a multiple of W."""
