@@ -31,7 +31,7 @@ def count_calls(module: nn.Module) -> list[int]:
     return calls
 
 
-def test_packing_keeps_parameter_names_shapes_and_values():
+def test_packing_keeps_parameters():
     model = make_model(tiny_config())
     packed = packed_copy(model)
     before, after = model.state_dict(), packed.state_dict()
@@ -46,7 +46,7 @@ def test_packing_keeps_parameter_names_shapes_and_values():
 
 
 @pytest.mark.parametrize("batch_size", [1, 3])
-def test_packed_model_gives_the_same_logits_in_one_call_and_by_steps(batch_size):
+def test_packed_model_logits_match(batch_size):
     torch.manual_seed(1)
     model = make_model(tiny_config())
     packed = packed_copy(model)
@@ -56,7 +56,7 @@ def test_packed_model_gives_the_same_logits_in_one_call_and_by_steps(batch_size)
         torch.testing.assert_close(run_by_steps(packed, input_ids), run_by_steps(model, input_ids), atol=TOLERANCE, rtol=0)
 
 
-def test_packed_projections_run_as_one_product_without_gradients():
+def test_packed_projections_run_joined():
     packed = packed_copy(make_model(tiny_config()))
     attention, mlp = packed.model.layers[1].mixer, packed.model.layers[1].mlp
     q_calls, gate_calls = count_calls(attention.q_proj), count_calls(mlp.gate_proj)
@@ -68,7 +68,7 @@ def test_packed_projections_run_as_one_product_without_gradients():
     assert (q_calls[0], gate_calls[0]) == (1, 1)
 
 
-def test_training_a_packed_model_updates_the_joined_weights():
+def test_packed_model_training():
     torch.manual_seed(2)
     model = make_model(tiny_config())
     packed = packed_copy(model)
@@ -83,7 +83,7 @@ def test_training_a_packed_model_updates_the_joined_weights():
         torch.testing.assert_close(packed(input_ids).logits, model(input_ids).logits, atol=TOLERANCE, rtol=0)
 
 
-def test_load_state_dict_into_a_packed_model_reaches_the_joined_weights():
+def test_packed_load_state_dict():
     packed = packed_copy(make_model(tiny_config(), seed=0))
     other = make_model(tiny_config(), seed=5)
     packed.load_state_dict(other.state_dict())
@@ -93,7 +93,7 @@ def test_load_state_dict_into_a_packed_model_reaches_the_joined_weights():
         torch.testing.assert_close(packed(input_ids).logits, other(input_ids).logits, atol=TOLERANCE, rtol=0)
 
 
-def test_moving_a_packed_model_to_another_dtype_unpacks_it_safely():
+def test_packed_model_dtype_change_unpacks():
     packed = packed_copy(make_model(tiny_config(), seed=0)).to(torch.float64)
     joined = packed.model.layers[1].mixer.joined_qkv
     # New weights land in the moved parameters only; a stale joined copy
@@ -107,14 +107,14 @@ def test_moving_a_packed_model_to_another_dtype_unpacks_it_safely():
     assert joined.weight is None  # the stale float32 copy is released
 
 
-def test_joined_linear_rejects_linears_that_cannot_share_a_product():
+def test_joined_linear_rejects_mismatch():
     with pytest.raises(ValueError, match="in_features"):
         JoinedLinear([nn.Linear(4, 3), nn.Linear(5, 3)])
     with pytest.raises(ValueError, match="bias"):
         JoinedLinear([nn.Linear(4, 3), nn.Linear(4, 3, bias=False)])
 
 
-def test_joined_linear_with_biases_matches_the_separate_linears():
+def test_joined_linear_with_biases():
     torch.manual_seed(3)
     linears = [nn.Linear(6, 4), nn.Linear(6, 2), nn.Linear(6, 3)]
     x = torch.randn(2, 6)
@@ -130,7 +130,7 @@ def test_joined_linear_with_biases_matches_the_separate_linears():
     torch.testing.assert_close(grouped[1], expected[2])
 
 
-def test_joined_outputs_groups_the_separate_products_the_same_way():
+def test_joined_outputs_groups_unpacked():
     linears = [nn.Linear(6, 4), nn.Linear(6, 2), nn.Linear(6, 3)]
     x = torch.randn(2, 6)
     grouped = joined_outputs(None, linears, x, groups=(1, 2))
@@ -152,7 +152,7 @@ def test_packed_linear_matches_f_linear(threads, shape):
     torch.testing.assert_close(output, F.linear(x, linear.weight, linear.bias), atol=1e-6, rtol=0)
 
 
-def test_packed_linear_splits_one_row_over_threads(monkeypatch):
+def test_packed_linear_splits_one_row(monkeypatch):
     torch.set_num_threads(2)
     linear = nn.Linear(8, 3, bias=False)
     calls = []

@@ -223,7 +223,7 @@ def test_all_padding_chunk_leaves_state_unchanged():
     assert torch.isfinite(output.logits).all()
 
 
-def test_one_token_steps_with_a_padded_row_leave_that_row_alone():
+def test_one_token_steps_skip_padded_row():
     # Row 1 pads every other step, so one-token blocks mix a row that
     # writes its ring slot with one that must put its slot back; 30 steps
     # wrap the ring (window 8) several times.

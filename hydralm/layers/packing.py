@@ -2,10 +2,10 @@
 
 A decode step multiplies one row by every weight matrix of the model, so its
 speed is how fast the matrix product streams the weights from memory. With
-torch's CPU kernels (torch 2.13, AVX2) a one-row product against a
-column-major weight, stored as its (in, out) transpose, streams about 1.5x
-faster than against the (out, in) row-major layout nn.Linear keeps, and
-products of many rows run at the same speed either way. Joining the
+torch's CPU kernels (torch 2.13, AVX2), a one-row product streams a
+column-major weight (stored as its (in, out) transpose) about 1.5x faster
+than the (out, in) row-major layout nn.Linear keeps. Products of many rows
+run at the same speed with either layout. Joining the
 projections that read the same input (q, k and v; gate and up) into one
 matrix also saves a matrix product call per projection. torch also runs a
 one-row product on one thread; `packed_linear` splits it over the threads,
@@ -102,12 +102,12 @@ class JoinedLinear:
         """
         if self.weight is None:
             return False
-        holds = _shares_storage(self.weight, [linear.weight for linear in self.linears])
+        shared = _shares_storage(self.weight, [linear.weight for linear in self.linears])
         if self.bias is not None:
-            holds = holds and _shares_storage(self.bias, [linear.bias for linear in self.linears])
-        if not holds:
+            shared = shared and _shares_storage(self.bias, [linear.bias for linear in self.linears])
+        if not shared:
             self.weight = self.bias = None
-        return holds
+        return shared
 
 
 def _shares_storage(joined: torch.Tensor, parts: Sequence[torch.Tensor]) -> bool:
