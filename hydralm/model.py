@@ -183,10 +183,13 @@ class HydraLM(nn.Module):
         Joins the q/k/v projections of attention layers and the gate/up
         projections of every MLP into one product each and stores every
         weight matrix column-major, so one-row products stream the weights
-        faster and run on every thread (see `hydralm.layers.packing`). Parameter names, shapes
-        and values do not change. Call it after moving the model to its
-        device and dtype: moving it afterwards undoes the joining (safely).
-        Training still works, through the separate projections.
+        faster and run on every thread (see `hydralm.layers.packing`).
+        Parameter names, shapes and values do not change. Call it after
+        moving the model to its device and dtype: moving it afterwards
+        undoes the joining (safely). Training still works, through the
+        separate projections. `state_dict()` then returns non-contiguous
+        views, which `torch.save` accepts; safetensors' `save_file` needs
+        `.contiguous()` copies.
         """
         for module in self.modules():
             if isinstance(module, (SlidingWindowAttention, SwiGLU)):

@@ -164,3 +164,16 @@ def test_packed_linear_splits_one_row(monkeypatch):
     assert calls == [((2, 1, 4), (2, 4, 3))]
     packed_linear(torch.randn(2, 8), linear.weight)  # two rows: plain product
     assert len(calls) == 1
+
+
+def test_packed_state_dict_saves_with_safetensors_after_contiguous(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    packed = packed_copy(make_model(tiny_config()))
+    path = tmp_path / "weights.safetensors"
+    save_file({name: tensor.contiguous() for name, tensor in packed.state_dict().items()}, str(path))
+    fresh = make_model(tiny_config(), seed=7)
+    fresh.load_state_dict(load_file(str(path)))
+    input_ids = torch.randint(0, 101, (1, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(input_ids).logits, packed(input_ids).logits, atol=TOLERANCE, rtol=0)
