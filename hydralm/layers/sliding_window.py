@@ -259,10 +259,10 @@ class SlidingWindowAttention(nn.Module):
         write = block_valid & (positions >= new_length[:, None] - W)  # (B, C)
         if C == 1:
             # One token per sequence, written before it attends: the ring
-            # then holds the last min(W, n - S) non-sink tokens of a sequence
-            # of n tokens, all within the window of the new one. A sequence
-            # that does not write puts back what its slot holds, so each
-            # sequence touches one slot.
+            # then contains the last min(W, n - S) non-sink tokens of a
+            # sequence of n tokens, all within the window of the new one. A
+            # sequence that does not write writes back its slot's current
+            # contents, so each sequence touches one slot.
             filled = (new_length - S).clamp(0, W)  # (B,)
             used = int(filled.max())
             ring_mask = torch.arange(used, device=device)[None, None, :] < filled[:, None, None]  # (B, 1, used)
