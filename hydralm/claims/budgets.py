@@ -137,8 +137,9 @@ BUDGETS: dict[str, Budget] = {
         # Every key is queried, as in Zoology, for 8 times the signal per example.
         # NOTE: no setting tried got the dense Transformer past the plateau of
         # picking any stored value (accuracy 1 / pairs). Tried: 2, 4 and 8 pairs,
-        # lr 1e-3 to 1e-2, batch 32 to 128, 2 or 4 layers, 1 to 4 heads, no
-        # weight decay, up to 2000 steps. Until one works this check fails.
+        # lr 1e-3 to 1e-2, batch 32 to 256, 2 or 4 layers, 1 to 4 heads, no
+        # weight decay or clipping, RoPE base 100, init std 0.1, up to 2000
+        # steps. Until one works this check fails.
         mqar_hard=MQARSetting(vocab_size=256, seq_len=64, num_kv_pairs=8, num_queries=8, steps=1000),
         prefill_tokens=4096,
         decode_steps=512,
