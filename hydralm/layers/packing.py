@@ -5,11 +5,12 @@ speed is how fast the matrix product streams the weights from memory. With
 torch's CPU kernels (torch 2.13, AVX2), a one-row product streams a
 column-major weight (stored as its (in, out) transpose) about 1.5x faster
 than the (out, in) row-major layout nn.Linear keeps. Products of many rows
-run at the same speed with either layout. Joining the
-projections that read the same input (q, k and v; gate and up) into one
-matrix also saves a matrix product call per projection. torch also runs a
-one-row product on one thread; `packed_linear` splits it over the threads,
-which streams the weights about 1.35x faster again on 2 cores.
+run at the same speed with either layout.
+
+Joining the projections that read the same input (q, k and v; gate and up)
+into one matrix saves a matrix product call per projection. torch also
+runs a one-row product on one thread; `packed_linear` splits it over the
+threads, which streams the weights about 1.35x faster again on 2 cores.
 
 Packing keeps every parameter's name, shape and values: a packed linear's
 weight becomes a view of the joined matrix, so `state_dict`, in-place
