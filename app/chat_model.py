@@ -445,7 +445,7 @@ def load_converted_model(
     state_dict = load_file(str(folder / WEIGHTS_FILE))
     model = build_hydra_lm(config, state_dict).to(device=device, dtype=dtype)
     if torch.device(device).type == "cpu":
-        # Faster one-token steps with torch's CPU kernels; GPU kernels were
+        # Faster one-token steps with torch's CPU kernels. GPU kernels were
         # not measured with the packed layout, so GPUs keep nn.Linear's.
         model.pack_weights()
     # Not AutoTokenizer: it would parse config.json as a transformers config,

@@ -101,10 +101,9 @@ WARMUP_STEPS = 2
 
 
 def timed_rate(steps: int, step) -> tuple[float, float]:
-    """Call `step()`, which decodes one token, WARMUP_STEPS times untimed and then
-    `steps` times; return tokens per wall second and per CPU second.
+    """Time `steps` calls of `step()` after WARMUP_STEPS untimed ones and return tokens per wall and CPU second.
 
-    CPU time is the whole process's. With one torch thread it is the model's
+    Each call of `step()` decodes one token. CPU time is the whole process's. With one torch thread it is the model's
     own cost per token, so it does not change while other processes use the
     cores. With more threads it also counts their spin-waiting.
     """
@@ -149,8 +148,8 @@ def set_column_major(model: torch.nn.Module, column_major: bool) -> None:
     """Store every Linear and Embedding weight of `model` column-major (True) or row-major (False).
 
     HydraLM's loader packs its own weights column-major on CPU (see
-    `HydraLM.pack_weights`); this gives transformers the same layout, to
-    show how much of the decode gap the layout alone makes.
+    `HydraLM.pack_weights`). Giving transformers the same layout shows how
+    much of the decode gap the layout alone makes.
     """
     for module in model.modules():
         if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
@@ -300,7 +299,7 @@ def main() -> None:
         hf_prefill_s += time.perf_counter() - started
         read = context
         # Rounds alternate the models, so a slow spell of the shared machine
-        # lands on both; each rate is the median over the rounds.
+        # lands on both. Each rate is the median over the rounds.
         rounds = []
         for _ in range(args.decode_rounds):
             hydra_rate, hydra_cpu_rate = hydra_decode_rate(model, logits, state, args.decode_steps)

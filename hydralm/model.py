@@ -178,7 +178,7 @@ class HydraLM(nn.Module):
         return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
     def pack_weights(self) -> None:
-        """Lay the weights out for fast one-token steps; outputs stay the same up to float rounding.
+        """Lay the weights out for fast one-token steps, with the same outputs up to float rounding.
 
         Joins the q/k/v projections of attention layers and the gate/up
         projections of every MLP into one product each and stores every

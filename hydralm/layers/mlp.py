@@ -25,4 +25,4 @@ class SwiGLU(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         gate, up = joined_outputs(self.joined_gate_up, [self.gate_proj, self.up_proj], hidden_states)
-        return packed_linear(F.silu(gate) * up, self.down_proj.weight)
+        return packed_linear(F.silu(gate) * up, self.down_proj.weight, self.down_proj.bias)

@@ -22,7 +22,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if hidden_states.dtype == torch.float32 and self.weight.dtype == torch.float32:
-            # One fused kernel in place of several small operations; in
+            # One fused kernel in place of several small operations. In
             # float32 it matches the steps below up to rounding.
             return F.rms_norm(hidden_states, self.weight.shape, self.weight, self.variance_epsilon)
         input_dtype = hidden_states.dtype

@@ -311,7 +311,12 @@ class SlidingWindowAttention(nn.Module):
         state: SWALayerState,
         reuse_state: bool = False,
     ) -> tuple[torch.Tensor, SWALayerState]:
-        """Attend one block of C queries to [sinks, ring buffer, block] and update the cache."""
+        """Attend one block of C queries and update the cache.
+
+        A one-token block writes its key into the ring first and attends to
+        [sinks, ring]. A longer block attends to [sinks, ring, block] and
+        writes its keys afterwards.
+        """
         B, _, C, D = qk.shape
         H, H_kv, G = self.num_heads, self.num_key_value_heads, self.num_key_value_groups
         S, W, used = self.num_sink_tokens, self.sliding_window, plan.used
@@ -386,13 +391,13 @@ class SlidingWindowAttention(nn.Module):
     ) -> torch.Tensor:
         """Attend one token to the sinks and the ring, with explicit scores and a float32 softmax as Llama does.
 
-        Decode steps use this path; the ring already holds the token's own
+        Decode steps use this path. The ring already contains the token's own
         key. Queries are (B, H_kv, G, D); returns (B, H_kv, G, D).
         """
         B, H_kv, G, _ = q_window.shape
         S = self.num_sink_tokens
-        # Scaling the G queries costs less than scaling the S+used scores;
-        # with a power-of-two scale (head_dim 64) the scores are the same.
+        # Scaling the G queries costs less than scaling the S+used scores.
+        # With a power-of-two scale (head_dim 64) the scores are the same.
         scores = (q_window * self.scaling) @ ring_keys.transpose(-1, -2)  # (B, H_kv, G, used)
         if S > 0:
             sink_scores = (q_sink * self.scaling) @ sink_keys.transpose(-1, -2)  # (B, H_kv, G, S)
@@ -400,7 +405,7 @@ class SlidingWindowAttention(nn.Module):
         scores = scores.float()
         if plan.any_blocked:
             # A finite fill keeps fully masked rows (pad queries before any
-            # real token) finite; their outputs are never used.
+            # real token) finite. Their outputs are never used.
             scores = scores.view(B, H_kv, G, 1, -1).masked_fill(plan.blocked, torch.finfo(torch.float32).min)
         probs = torch.softmax(scores, dim=-1).to(q_window.dtype).view(B, H_kv, G, -1)
         output = probs[..., S:] @ ring_values
