@@ -47,6 +47,7 @@ __all__ = [
     "MQARBatch",
     "MQARConfig",
     "TrainResult",
+    "VALIDATION_SEED",
     "evaluate_mqar",
     "generate_mqar",
     "mqar_accuracy",
@@ -204,15 +205,23 @@ class TrainResult:
 
     Attributes:
         losses: training loss of each step.
-        steps: steps run (fewer than requested when cancelled).
+        steps: steps run (fewer than requested when cancelled or stopped at the target).
         seconds: wall time of the run.
         cancelled: whether ``cancel`` stopped the run early.
+        validation: ``(step, accuracy)`` of each check against ``target_accuracy``.
+        reached_target: whether training stopped because it reached ``target_accuracy``.
     """
 
     losses: list[float] = field(default_factory=list)
     steps: int = 0
     seconds: float = 0.0
     cancelled: bool = False
+    validation: list[tuple[int, float]] = field(default_factory=list)
+    reached_target: bool = False
+
+
+VALIDATION_SEED = -2
+"""Seed of the held-out examples that early stopping scores; training uses seeds >= 0, ``evaluate_mqar`` -1."""
 
 
 def train_mqar(
@@ -226,6 +235,9 @@ def train_mqar(
     warmup_steps: int | None = None,
     max_grad_norm: float = 1.0,
     seed: int = 0,
+    target_accuracy: float | None = None,
+    check_every: int = 50,
+    check_examples: int = 256,
     progress: Callable[[int, int, float], None] | None = None,
     cancel: threading.Event | None = None,
 ) -> TrainResult:
@@ -234,7 +246,13 @@ def train_mqar(
     Every step draws a new batch, seeded by ``seed`` and the step, so the
     run never cycles through a fixed training set. The learning rate warms up
     linearly for ``warmup_steps`` (default: 10% of ``steps``) and then
-    decays to zero on a cosine.
+    decays to zero on a cosine over all ``steps``.
+
+    With ``target_accuracy`` set, the run scores ``check_examples`` held-out
+    examples every ``check_every`` steps and stops once their accuracy
+    reaches the target, as Zoology's trainer stops at a validation accuracy
+    of 0.99. The schedule still spans ``steps``, so stopping early never
+    changes the learning rate of the steps that ran.
 
     Args:
         model: a causal LM, see the module docstring; trained in place.
@@ -246,6 +264,9 @@ def train_mqar(
         warmup_steps: steps of linear warm-up.
         max_grad_norm: gradient clipping threshold.
         seed: seed of the training data.
+        target_accuracy: stop once held-out accuracy reaches this; ``None`` trains every step.
+        check_every: steps between held-out scores when ``target_accuracy`` is set.
+        check_examples: held-out examples per score, the same ones each time (``VALIDATION_SEED``).
         progress: called as ``progress(step, steps, loss)`` after each step.
         cancel: when set, training stops after the current step.
     """
@@ -257,6 +278,12 @@ def train_mqar(
     warmup_steps = max(1, steps // 10) if warmup_steps is None else warmup_steps
     if warmup_steps < 0:
         raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    if target_accuracy is not None:
+        if not 0.0 < target_accuracy <= 1.0:
+            raise ValueError(f"target_accuracy must be in (0, 1], got {target_accuracy!r}")
+        for name, value in (("check_every", check_every), ("check_examples", check_examples)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
     vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
     if vocab_size is not None and vocab_size < config.vocab_size:
         raise ValueError(
@@ -299,6 +326,13 @@ def train_mqar(
         result.steps = step + 1
         if progress is not None:
             progress(step + 1, steps, result.losses[-1])
+        if target_accuracy is not None and (step + 1) % check_every == 0:
+            accuracy = evaluate_mqar(model, config, num_examples=check_examples, seed=VALIDATION_SEED)
+            result.validation.append((step + 1, accuracy))
+            if accuracy >= target_accuracy:
+                result.reached_target = True
+                logger.info("MQAR training reached accuracy %.3f at step %d of %d", accuracy, step + 1, steps)
+                break
 
     model.eval()
     result.seconds = time.perf_counter() - started

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -118,6 +119,10 @@ def test_bad_arguments_raise_value_error():
         train_mqar(model, config, steps=0, batch_size=4)
     with pytest.raises(ValueError, match="lr must be positive"):
         train_mqar(model, config, steps=1, batch_size=4, lr=0.0)
+    with pytest.raises(ValueError, match=r"target_accuracy must be in \(0, 1\], got 1.5"):
+        train_mqar(model, config, steps=1, batch_size=4, target_accuracy=1.5)
+    with pytest.raises(ValueError, match="check_every must be a positive integer, got 0"):
+        train_mqar(model, config, steps=1, batch_size=4, target_accuracy=0.9, check_every=0)
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         evaluate_mqar(model, config, batch_size=-1)
     with pytest.raises(ValueError, match="disagree on"):
@@ -178,6 +183,49 @@ def test_cancel_stops_training():
     assert result.cancelled
     assert result.steps == 3
     assert len(result.losses) == 3
+
+
+class LookupOracle(torch.nn.Module):
+    """Oracle that looks every MQAR query up in the input; one parameter gives AdamW something to step."""
+
+    def __init__(self, vocab_size: int) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(vocab_size=vocab_size)
+        self.offset = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, input_ids, labels=None):
+        B, T = input_ids.shape
+        logits = torch.zeros(B, T, self.config.vocab_size) + self.offset  # (B, T, V)
+        for t in range(2, T):
+            for j in range(t - 1):
+                match = (input_ids[:, j] == input_ids[:, t]) & (input_ids[:, t] != PAD_TOKEN_ID)  # (B,)
+                logits[match, t, input_ids[match, j + 1]] = 1.0
+        loss = (self.offset**2).sum() if labels is not None else None
+        return SimpleNamespace(logits=logits, loss=loss)
+
+
+def test_training_stops_at_target_accuracy():
+    config = MQARConfig(vocab_size=32, seq_len=16, num_kv_pairs=2)
+
+    result = train_mqar(LookupOracle(32), config, steps=50, batch_size=4, target_accuracy=0.99,
+                        check_every=3, check_examples=16)
+
+    assert result.reached_target
+    assert result.steps == 3
+    assert result.validation == [(3, 1.0)]
+
+
+def test_training_runs_all_steps_below_target():
+    model = tiny_models()["transformer"]
+
+    result = train_mqar(model, MQARConfig(vocab_size=64, seq_len=16), steps=6, batch_size=4,
+                        target_accuracy=1.0, check_every=2, check_examples=32)
+
+    assert not result.reached_target
+    assert result.steps == 6
+    assert [step for step, _ in result.validation] == [2, 4, 6]
+    assert all(accuracy < 1.0 for _, accuracy in result.validation)
+    assert model.training is False
 
 
 def test_model_vocabulary_too_small_is_rejected():
