@@ -18,6 +18,7 @@ from hydralm.claims import (
     run_metadata,
     write_reports,
 )
+from hydralm.claims.report import REFERENCE_CHECKS
 
 SMOKE = get_budget("smoke")
 
@@ -132,6 +133,21 @@ def test_markdown_and_json_reports(tmp_path):
     assert data["meta"]["budget"] == "smoke"
     assert [r["name"] for r in data["results"]] == ["ok", "bad"]
     assert data["results"][1]["passed"] is False
+
+
+def test_paper_header_times_reference_gates():
+    reference = [_check(name, _passing) for name in REFERENCE_CHECKS]
+    results = run_claims("smoke", checks=[*reference, _check("twin", _passing)])
+    for seconds, result in enumerate(results, start=1):
+        result.seconds = float(seconds)
+    meta = run_metadata("paper", 30.0, results)
+    assert meta["reference_checks_seconds"] == 21.0  # 1 + 2 + ... + 6; the twin's 7 s left out
+    header = render_markdown(results, meta)
+    assert "Runtime: 30.0 s for all checks; 21.0 s for the 6 reference gates alone (the reference run" in header
+
+    # Without every reference gate there is no like-for-like figure to show.
+    meta = run_metadata("paper", 30.0, results[1:])
+    assert "reference gates alone" not in render_markdown(results[1:], meta)
 
 
 def test_markdown_escapes_table_pipes():
@@ -269,6 +285,25 @@ def test_mqar_harder_setting_reports_hydra_loss_but_passes():
     assert verdict.passed is True
     assert verdict.measured["hydra_over_dense"] < mqar_recall.RATIO_MIN
     assert "falls short of" in verdict.notes
+
+
+def test_mqar_harder_stops_at_target():
+    # Held-out accuracy is scored every 50 steps: the oracle stops at the first score.
+    setting = dataclasses.replace(MQAR_TINY, steps=100, target_accuracy=0.99)
+    verdict = mqar_recall.check_harder(_tiny(mqar_hard=setting), CTX, make_hydra=BiasOnlyMQAR, make_dense=OracleMQAR)
+    assert verdict.passed is True
+    assert verdict.measured["dense"]["steps_trained"] == 50
+    assert verdict.measured["dense"]["reached_target"] is True
+    assert verdict.measured["hydra"]["steps_trained"] == 100
+    assert verdict.measured["hydra"]["reached_target"] is False
+    assert "HydraLM trained 100 steps, the Transformer 50" in verdict.notes
+    assert "stops once held-out accuracy reaches 0.99" in verdict.notes
+
+
+def test_mqar_harder_fails_without_dense_learning():
+    verdict = mqar_recall.check_harder(_tiny(mqar_hard=MQAR_TINY), CTX, make_hydra=OracleMQAR, make_dense=BiasOnlyMQAR)
+    assert verdict.passed is False
+    assert "did not learn the task in 3 steps" in verdict.notes
 
 
 def _tiny_dense() -> TransformerLM:

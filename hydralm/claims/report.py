@@ -24,6 +24,9 @@ CLAIM_TITLES = {
 REFERENCE_PAPER_SECONDS = 169
 """Runtime of the reference report (RESULTS.md of the HydraLM research code, budget "paper", CPU)."""
 
+REFERENCE_CHECKS = ("linear_cost", "mqar_recall", "constant_state", "cost_reduction", "drop_in", "zero_gradient")
+"""The checks that apply the reference report's six gates; the others are the measured twins this report adds."""
+
 
 def machine_info() -> dict[str, Any]:
     """Describe the machine a run happened on: CPU, cores, memory, software versions."""
@@ -62,10 +65,13 @@ def _cpu_model() -> str:
 
 def run_metadata(budget: str, seconds: float, results: list[ClaimResult]) -> dict[str, Any]:
     """Collect what a report header shows: budget, date, runtime, machine, pass count."""
+    reference = [result for result in results if result.name in REFERENCE_CHECKS]
     return {
         "budget": budget,
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "seconds": round(seconds, 1),
+        "reference_checks": len(reference),
+        "reference_checks_seconds": round(sum(result.seconds for result in reference), 1),
         "passed": sum(result.passed for result in results),
         "checks": len(results),
         "machine": machine_info(),
@@ -131,10 +137,19 @@ def _threads(machine: dict[str, Any]) -> str:
 
 
 def _reference_runtime(meta: dict[str, Any]) -> str:
-    """Return the reference run's time for comparison, or "" at budgets it did not run."""
+    """Return the reference run's time for comparison, or "" at budgets it did not run.
+
+    The reference run made only the reference gates, so their own time is
+    the like-for-like figure; the measured twins come on top.
+    """
     if meta.get("budget") != "paper":
         return ""
-    return f" (the reference run at this budget took {REFERENCE_PAPER_SECONDS} s on a CPU)"
+    if meta.get("reference_checks") != len(REFERENCE_CHECKS):
+        return f" (the reference run at this budget took {REFERENCE_PAPER_SECONDS} s on a CPU)"
+    return (
+        f"; {meta['reference_checks_seconds']:.1f} s for the {len(REFERENCE_CHECKS)} reference gates alone "
+        f"(the reference run, which made only those, took {REFERENCE_PAPER_SECONDS} s on a CPU)"
+    )
 
 
 def _load_averages(meta: dict[str, Any], machine: dict[str, Any]) -> str:

@@ -33,15 +33,18 @@ def claim_config(vocab_size: int = CLAIM_VOCAB_SIZE) -> HydraConfig:
     )
 
 
-def mqar_config(vocab_size: int) -> HydraConfig:
-    """Return the config of the HydraLM trained on MQAR with a vocabulary of `vocab_size`."""
+def mqar_config(vocab_size: int, hidden_size: int = 64, num_heads: int = 4, intermediate_size: int = 128) -> HydraConfig:
+    """Return the config of the HydraLM trained on MQAR with a vocabulary of `vocab_size`.
+
+    Attention layers get half as many key-value heads as query heads (at least one).
+    """
     return HydraConfig(
         vocab_size=vocab_size,
-        hidden_size=64,
+        hidden_size=hidden_size,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
+        num_attention_heads=num_heads,
+        num_key_value_heads=max(1, num_heads // 2),
+        intermediate_size=intermediate_size,
         sliding_window=8,
         num_sink_tokens=0,
         layer_types=["deltanet", "swa"],
@@ -65,18 +68,18 @@ def make_dense() -> torch.nn.Module:
     return TransformerLM.matched_to(claim_config())
 
 
-def make_mqar_hydra(vocab_size: int) -> torch.nn.Module:
+def make_mqar_hydra(vocab_size: int, hidden_size: int = 64, num_heads: int = 4, intermediate_size: int = 128) -> torch.nn.Module:
     """Build a fresh HydraLM for MQAR."""
     from hydralm.model import HydraLM
 
-    return HydraLM(mqar_config(vocab_size))
+    return HydraLM(mqar_config(vocab_size, hidden_size, num_heads, intermediate_size))
 
 
-def make_mqar_dense(vocab_size: int) -> torch.nn.Module:
-    """Build a fresh dense Transformer matched to the MQAR HydraLM."""
+def make_mqar_dense(vocab_size: int, hidden_size: int = 64, num_heads: int = 4, intermediate_size: int = 128) -> torch.nn.Module:
+    """Build a fresh dense Transformer matched to the MQAR HydraLM of this shape."""
     from hydralm.baselines.transformer import TransformerLM
 
-    return TransformerLM.matched_to(mqar_config(vocab_size))
+    return TransformerLM.matched_to(mqar_config(vocab_size, hidden_size, num_heads, intermediate_size))
 
 
 def analytic_forward_flops() -> tuple[Callable[[int], float], Callable[[int], float]]:
