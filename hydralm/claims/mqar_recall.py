@@ -140,15 +140,17 @@ def _default_factories(
     """Return the given factories, or the claim subjects in `setting`'s shape for those not given."""
     from hydralm.claims import subjects
 
+    shape = {
+        "hidden_size": setting.hidden_size,
+        "intermediate_size": setting.intermediate_size,
+        "head_dim": setting.head_dim,
+    }
+
     def hydra(vocab_size: int) -> torch.nn.Module:
-        return subjects.make_mqar_hydra(
-            vocab_size, setting.hidden_size, setting.hydra_heads, setting.intermediate_size
-        )
+        return subjects.make_mqar_hydra(vocab_size, num_heads=setting.hydra_heads, **shape)
 
     def dense(vocab_size: int) -> torch.nn.Module:
-        return subjects.make_mqar_dense(
-            vocab_size, setting.hidden_size, setting.dense_heads, setting.intermediate_size
-        )
+        return subjects.make_mqar_dense(vocab_size, num_heads=setting.dense_heads, **shape)
 
     return make_hydra or hydra, make_dense or dense
 
@@ -165,6 +167,8 @@ def _setting_dict(setting: MQARSetting) -> dict[str, Any]:
         "eval_examples": setting.eval_examples,
         "hidden_size": setting.hidden_size,
         "intermediate_size": setting.intermediate_size,
+        "hydra_head_dim": setting.head_dim or setting.hidden_size // setting.hydra_heads,
+        "dense_head_dim": setting.head_dim or setting.hidden_size // setting.dense_heads,
         "hydra_heads": setting.hydra_heads,
         "dense_heads": setting.dense_heads,
         "target_accuracy": setting.target_accuracy,
@@ -254,10 +258,12 @@ def check_harder(
 
 def _recipe(setting: MQARSetting) -> str:
     """Describe the models and the training of `setting` in a sentence or two."""
-    heads = "head" if setting.dense_heads == 1 else "heads"
+    record = _setting_dict(setting)
+    dense_heads = "head" if setting.dense_heads == 1 else "heads"
     text = (
-        f"Both models have width {setting.hidden_size} and MLP width {setting.intermediate_size}; "
-        f"HydraLM has {setting.hydra_heads} heads, the Transformer {setting.dense_heads} {heads}. "
+        f"Both models have width {setting.hidden_size}; HydraLM has {setting.hydra_heads} heads of "
+        f"{record['hydra_head_dim']}, the Transformer {setting.dense_heads} {dense_heads} of "
+        f"{record['dense_head_dim']} (parameter counts are in the measured values). "
         f"Each trains from scratch for up to {setting.steps} steps of batch {setting.batch_size} "
         f"(AdamW, peak lr {setting.learning_rate:g}, cosine schedule over all {setting.steps} steps)"
     )

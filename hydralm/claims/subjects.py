@@ -33,10 +33,17 @@ def claim_config(vocab_size: int = CLAIM_VOCAB_SIZE) -> HydraConfig:
     )
 
 
-def mqar_config(vocab_size: int, hidden_size: int = 64, num_heads: int = 4, intermediate_size: int = 128) -> HydraConfig:
+def mqar_config(
+    vocab_size: int,
+    hidden_size: int = 64,
+    num_heads: int = 4,
+    intermediate_size: int = 128,
+    head_dim: int | None = None,
+) -> HydraConfig:
     """Return the config of the HydraLM trained on MQAR with a vocabulary of `vocab_size`.
 
-    Attention layers get half as many key-value heads as query heads (at least one).
+    Attention layers get half as many key-value heads as query heads (at
+    least one); `head_dim` None gives heads of `hidden_size // num_heads`.
     """
     return HydraConfig(
         vocab_size=vocab_size,
@@ -45,6 +52,7 @@ def mqar_config(vocab_size: int, hidden_size: int = 64, num_heads: int = 4, inte
         num_attention_heads=num_heads,
         num_key_value_heads=max(1, num_heads // 2),
         intermediate_size=intermediate_size,
+        head_dim=head_dim,
         sliding_window=8,
         num_sink_tokens=0,
         layer_types=["deltanet", "swa"],
@@ -68,18 +76,18 @@ def make_dense() -> torch.nn.Module:
     return TransformerLM.matched_to(claim_config())
 
 
-def make_mqar_hydra(vocab_size: int, hidden_size: int = 64, num_heads: int = 4, intermediate_size: int = 128) -> torch.nn.Module:
-    """Build a fresh HydraLM for MQAR."""
+def make_mqar_hydra(vocab_size: int, **shape: Any) -> torch.nn.Module:
+    """Build a fresh HydraLM for MQAR; `shape` takes the keyword arguments of `mqar_config`."""
     from hydralm.model import HydraLM
 
-    return HydraLM(mqar_config(vocab_size, hidden_size, num_heads, intermediate_size))
+    return HydraLM(mqar_config(vocab_size, **shape))
 
 
-def make_mqar_dense(vocab_size: int, hidden_size: int = 64, num_heads: int = 4, intermediate_size: int = 128) -> torch.nn.Module:
-    """Build a fresh dense Transformer matched to the MQAR HydraLM of this shape."""
+def make_mqar_dense(vocab_size: int, **shape: Any) -> torch.nn.Module:
+    """Build a fresh dense Transformer matched to the MQAR HydraLM of this `shape` (see `mqar_config`)."""
     from hydralm.baselines.transformer import TransformerLM
 
-    return TransformerLM.matched_to(mqar_config(vocab_size, hidden_size, num_heads, intermediate_size))
+    return TransformerLM.matched_to(mqar_config(vocab_size, **shape))
 
 
 def analytic_forward_flops() -> tuple[Callable[[int], float], Callable[[int], float]]:
