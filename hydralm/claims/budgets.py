@@ -145,12 +145,12 @@ BUDGETS: dict[str, Budget] = {
         # train in a CPU budget. At vocab 128 and 256 the dense Transformer
         # had not even reached the plateau below after 1000 steps.
         # Every key is queried, as in Zoology, for 8 times the signal per
-        # example. What lets the dense Transformer leave the plateau of
-        # picking any stored value (accuracy 1 / pairs) is the model width:
-        # at width 64 (heads of 16, one to four of them) it stayed there for
-        # 600 to 2000 steps; at width 128 with one head of 16 it left it
-        # within 300 to 750 steps of batch 64 for each of six random
-        # initialisations, the schedule spanning 1500 steps. With batch 32
+        # example. The model width is what lets the dense Transformer leave
+        # the plateau of picking any stored value (accuracy 1 / pairs). At
+        # width 64, with one to four heads of 16, it stayed there for 600 to
+        # 2000 steps. At width 128 with one head of 16 it left it within 300
+        # to 750 steps of batch 64 for each of six random initialisations,
+        # the schedule spanning 1500 steps. With batch 32
         # one of two stayed for 1000 steps. One head of 128 learns more
         # slowly: 950 steps, and only 0.37 with the schedule over 1000 steps.
         mqar_hard=MQARSetting(
