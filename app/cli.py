@@ -211,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     diagnostics.add_argument("--out", type=Path, metavar="FILE", help="write the Markdown report to FILE")
     diagnostics.add_argument("--json", type=Path, metavar="FILE", dest="json_path", help="write the results as JSON to FILE")
+    diagnostics.add_argument(
+        "--only",
+        type=_check_names,
+        metavar="NAMES",
+        help="run only these checks: comma-separated names as printed in each result line, "
+        "or 'reference' for the six gates of the reference run",
+    )
     diagnostics.set_defaults(handler=cmd_diagnostics)
 
     prepare = commands.add_parser(
@@ -251,6 +258,15 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"invalid interval {text!r}; it must be more than 0 seconds")
     return value
+
+
+def _check_names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(
+            f"invalid check list {text!r}; give names separated by commas, e.g. reference or mqar_recall,drop_in"
+        )
+    return names
 
 
 def _write_id(text: str) -> int:
@@ -611,9 +627,14 @@ def cmd_diagnostics(args: argparse.Namespace) -> int:
         if path is not None:
             _check_writable(path)
     diagnostics = _import("app.diagnostics")
+    if args.only is not None:
+        try:
+            diagnostics.validate_request(args.budget, None, None, args.only)
+        except ValueError as error:
+            raise CliError(str(error), EXIT_USAGE) from None
     return int(
         diagnostics.run_diagnostics(
-            budget=args.budget, out=args.out, json_path=args.json_path, device=_device(args)
+            budget=args.budget, out=args.out, json_path=args.json_path, device=_device(args), only=args.only
         )
     )
 

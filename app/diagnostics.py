@@ -28,7 +28,7 @@ import threading
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, Sequence, TextIO
 
 import torch
 
@@ -39,9 +39,11 @@ from hydralm.claims import (
     ClaimResult,
     Verdict,
     check_writable,
+    default_checks,
     get_budget,
     run_claims,
     run_metadata,
+    select_checks,
     write_reports,
 )
 
@@ -59,15 +61,25 @@ FACTS_FILE = "facts_dev.jsonl"
 
 
 def validate_request(
-    budget: str, out: str | Path | None, json_path: str | Path | None
+    budget: str,
+    out: str | Path | None,
+    json_path: str | Path | None,
+    only: Sequence[str] | None = None,
+    checks: list[Check] | None = None,
 ) -> tuple[Budget, Path | None, Path | None]:
-    """Check the budget name and both output paths before any work starts.
+    """Check the budget name, the selected checks and both output paths before any work starts.
+
+    `checks` is every check the run could make (default: the library's and
+    the app's); `only` names those to run, as `hydralm.claims.select_checks` reads it.
 
     Raises:
-        ValueError: an unknown budget (listing the legal ones), an output
-            path that cannot be written, or the same file for both reports.
+        ValueError: an unknown budget (listing the legal ones), an unknown
+            check or one that does not run at the budget, an output path
+            that cannot be written, or the same file for both reports.
     """
     selected = get_budget(budget)
+    if only is not None:
+        select_checks(checks if checks is not None else [*default_checks(), *app_checks()], selected, only)
     markdown = check_writable(out) if out is not None else None
     json_file = check_writable(json_path) if json_path is not None else None
     if markdown is not None and json_file is not None and markdown.resolve() == json_file.resolve():
@@ -364,6 +376,7 @@ def run_diagnostics(
     cancel: threading.Event | None = None,
     include_app_checks: bool = True,
     checks: list[Check] | None = None,
+    only: Sequence[str] | None = None,
 ) -> int:
     """Run every check at `budget`, print one line per check, write the reports, return the exit status.
 
@@ -376,29 +389,40 @@ def run_diagnostics(
         progress, cancel: passed to `hydralm.claims.run_claims`.
         include_app_checks: add the product's twins (memory engine, chat model).
         checks: replaces the library's checks (tests use it).
+        only: names of the checks to run ("reference" for the reference run's
+            six gates); None runs every check.
 
     Returns:
         0 when every check passed, 1 otherwise.
 
     Raises:
-        ValueError: an unknown budget or an unwritable output path, before any check runs.
+        ValueError: an unknown budget or check, or an unwritable output path, before any check runs.
     """
-    selected, markdown, json_file = validate_request(budget, out, json_path)
+    extra = app_checks(device) if include_app_checks else []
+    library = checks if checks is not None else default_checks()
+    selected, markdown, json_file = validate_request(budget, out, json_path, only, [*library, *extra])
     stream = output if output is not None else sys.stdout
 
     def print_line(result: ClaimResult) -> None:
         print(format_result_line(result), file=stream, flush=True)
 
-    extra = app_checks(device) if include_app_checks else []
     load_at_start = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     started = time.perf_counter()
     results = run_claims(
-        selected.name, progress=progress, cancel=cancel, extra_checks=extra, on_result=print_line, checks=checks
+        selected.name,
+        progress=progress,
+        cancel=cancel,
+        extra_checks=extra,
+        on_result=print_line,
+        checks=library,
+        only=only,
     )
     seconds = time.perf_counter() - started
     meta = run_metadata(selected.name, seconds, results)
     if load_at_start is not None:
         meta["load_average_1min_at_start"] = load_at_start
+    if only is not None:
+        meta["only"] = list(only)
     write_reports(results, meta, markdown, json_file)
 
     passed = sum(result.passed for result in results)

@@ -16,9 +16,10 @@ from hydralm.claims import (
     render_markdown,
     run_claims,
     run_metadata,
+    select_checks,
     write_reports,
 )
-from hydralm.claims.report import REFERENCE_CHECKS
+from hydralm.claims.runner import REFERENCE_CHECKS
 
 SMOKE = get_budget("smoke")
 
@@ -148,6 +149,20 @@ def test_paper_header_times_reference_gates():
     # Without every reference gate there is no like-for-like figure to show.
     meta = run_metadata("paper", 30.0, results[1:])
     assert "reference gates alone" not in render_markdown(results[1:], meta)
+
+
+def test_select_checks_expands_reference():
+    checks = [_check("twin", _passing), *(_check(name, _passing) for name in reversed(REFERENCE_CHECKS))]
+    selected = select_checks(checks, SMOKE, ["reference"])
+    assert sorted(check.name for check in selected) == sorted(REFERENCE_CHECKS)
+    assert [check.name for check in select_checks(checks, SMOKE, ["twin", "drop_in"])] == ["twin", "drop_in"]
+
+
+def test_select_checks_rejects_check_idle_at_budget():
+    idle = Check(name="paper_only", title="t", claim=2, kind="measured", run=_passing, applies=lambda budget: False)
+    assert select_checks([idle], SMOKE) == []
+    with pytest.raises(ValueError, match="check paper_only does not run at budget 'smoke'"):
+        select_checks([idle], SMOKE, ["paper_only"])
 
 
 def test_markdown_escapes_table_pipes():

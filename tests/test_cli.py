@@ -67,6 +67,7 @@ def test_help_states_units_of_options(capsys):
         (["undo", "abc"], "'abc'"),
         (["undo", "0"], "'0'"),
         (["diagnostics", "--budget", "huge"], "'huge'"),
+        (["diagnostics", "--only", "drop_in,"], "'drop_in,'"),
         (["--device", "tpu", "facts"], "'tpu'"),
         (["ingest", "notes", "--interval", "-1"], "'-1'"),
         (["frobnicate"], "'frobnicate'"),

@@ -101,6 +101,40 @@ def test_failing_check_gives_exit_status_one():
     assert "FAIL  claim 1  bad" in output.getvalue()
 
 
+def test_only_runs_named_checks(tmp_path):
+    output = io.StringIO()
+    md_path, json_path = tmp_path / "RESULTS.md", tmp_path / "results.json"
+    status = diagnostics.run_diagnostics(
+        "smoke",
+        out=md_path,
+        json_path=json_path,
+        output=output,
+        checks=[_check("first"), _check("second", claim=2), _check("third", claim=3)],
+        include_app_checks=False,
+        only=["third", "first"],
+    )
+    lines = output.getvalue().splitlines()
+    assert status == diagnostics.EXIT_OK
+    assert [line.split()[3] for line in lines[:2]] == ["first", "third"]
+    assert "2 of 2 checks passed" in lines[2]
+    assert "for the 2 checks selected with `--only third,first`" in md_path.read_text()
+    assert json.loads(json_path.read_text())["meta"]["only"] == ["third", "first"]
+
+
+def test_only_unknown_check_rejected_before_work():
+    calls: list = []
+    with pytest.raises(ValueError, match="unknown check nope; choose from: reference, spy"):
+        diagnostics.run_diagnostics("smoke", checks=[_spy_check(calls)], include_app_checks=False, only=["nope"])
+    assert calls == []
+
+
+def test_cli_rejects_unknown_check(capsys):
+    assert main(["diagnostics", "--only", "linear_cost,bogus"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown check bogus" in err
+    assert "reference, linear_cost" in err
+
+
 def test_cli_rejects_unknown_budget(capsys):
     assert main(["diagnostics", "--budget", "huge"]) == 2
     assert "huge" in capsys.readouterr().err

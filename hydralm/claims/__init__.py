@@ -18,16 +18,19 @@ from hydralm.claims.budgets import BUDGETS, Budget, MQARSetting, get_budget
 from hydralm.claims.report import check_writable, render_markdown, run_metadata, write_reports
 from hydralm.claims.result import ClaimResult, results_to_json
 from hydralm.claims.runner import (
+    REFERENCE_CHECKS,
     Check,
     CheckCancelled,
     CheckContext,
     Verdict,
     run_check,
     run_claims,
+    select_checks,
 )
 
 __all__ = [
     "BUDGETS",
+    "REFERENCE_CHECKS",
     "Budget",
     "Check",
     "CheckCancelled",
@@ -43,6 +46,7 @@ __all__ = [
     "run_check",
     "run_claims",
     "run_metadata",
+    "select_checks",
     "write_reports",
 ]
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from hydralm.claims.measure import CHECK_TORCH_THREADS
 from hydralm.claims.result import ClaimResult, _jsonable, results_to_json
+from hydralm.claims.runner import REFERENCE_CHECKS
 
 CLAIM_TITLES = {
     1: "Linear complexity O(N)",
@@ -24,8 +25,6 @@ CLAIM_TITLES = {
 REFERENCE_PAPER_SECONDS = 169
 """Runtime of the reference report (RESULTS.md of the HydraLM research code, budget "paper", CPU)."""
 
-REFERENCE_CHECKS = ("linear_cost", "mqar_recall", "constant_state", "cost_reduction", "drop_in", "zero_gradient")
-"""The checks that apply the reference report's six gates; the others are the measured twins this report adds."""
 
 
 def machine_info() -> dict[str, Any]:
@@ -87,7 +86,7 @@ def render_markdown(results: list[ClaimResult], meta: dict[str, Any]) -> str:
         "",
         f"- Budget: `{meta.get('budget', '?')}`",
         f"- Date: {meta.get('date', '?')}",
-        f"- Runtime: {meta.get('seconds', 0):.1f} s for all checks{_reference_runtime(meta)}",
+        f"- Runtime: {meta.get('seconds', 0):.1f} s for {_checks_run(meta, results)}{_reference_runtime(meta)}",
         f"- Machine: {machine.get('cpu', '?')}, {machine.get('cpu_count', '?')} cores, "
         f"{machine.get('memory_gib', '?')} GiB, {machine.get('platform', '?')}, "
         f"Python {machine.get('python', '?')}, torch {machine.get('torch', '?')} ({_threads(machine)})",
@@ -134,6 +133,14 @@ def _threads(machine: dict[str, Any]) -> str:
         count = machine["check_torch_threads"]
         return f"{count} torch thread{'' if count == 1 else 's'} per check, {machine.get('torch_threads', '?')} outside"
     return f"{machine.get('torch_threads', '?')} threads"
+
+
+def _checks_run(meta: dict[str, Any], results: list[ClaimResult]) -> str:
+    """Say which checks the runtime covers: all of them, or the selection the run was given."""
+    if meta.get("only"):
+        count = f"{len(results)} check" if len(results) == 1 else f"{len(results)} checks"
+        return f"the {count} selected with `--only {','.join(meta['only'])}`"
+    return "all checks"
 
 
 def _reference_runtime(meta: dict[str, Any]) -> str:

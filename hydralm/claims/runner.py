@@ -146,6 +146,40 @@ def _error_location(error: BaseException) -> str:
     return f" (at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno})"
 
 
+REFERENCE_CHECKS = ("linear_cost", "mqar_recall", "constant_state", "cost_reduction", "drop_in", "zero_gradient")
+"""The checks that apply the reference report's six gates; the others are the measured twins this report adds."""
+
+REFERENCE_SELECTION = "reference"
+"""The name that stands for all of `REFERENCE_CHECKS` in a selection of checks."""
+
+
+def select_checks(checks: Iterable[Check], budget: Budget, only: Iterable[str] | None = None) -> list[Check]:
+    """Return the checks that run at `budget`, ordered by claim number.
+
+    With `only`, keep the checks it names; "reference" names every check in
+    `REFERENCE_CHECKS`. Raises `ValueError` for a name no check has, or for
+    a check that does not run at `budget`, before anything runs.
+    """
+    ordered = sorted(checks, key=lambda check: check.claim)
+    if only is not None:
+        wanted: set[str] = set()
+        for name in only:
+            wanted.update(REFERENCE_CHECKS if name == REFERENCE_SELECTION else (name,))
+        known = {check.name for check in ordered}
+        unknown = sorted(wanted - known)
+        if unknown:
+            legal = ", ".join([REFERENCE_SELECTION, *(check.name for check in ordered)])
+            raise ValueError(f"unknown check {', '.join(unknown)}; choose from: {legal}")
+        ordered = [check for check in ordered if check.name in wanted]
+        idle = [check.name for check in ordered if not check.applies(budget)]
+        if idle:
+            raise ValueError(f"check {', '.join(idle)} does not run at budget {budget.name!r}; choose another budget")
+    skipped = [check.name for check in ordered if not check.applies(budget)]
+    if skipped:
+        logger.info("checks not run at budget %s: %s", budget.name, ", ".join(skipped))
+    return [check for check in ordered if check.applies(budget)]
+
+
 def run_claims(
     budget: str = "smoke",
     progress: ProgressCallback | None = None,
@@ -153,6 +187,7 @@ def run_claims(
     extra_checks: Iterable[Check] = (),
     on_result: Callable[[ClaimResult], None] | None = None,
     checks: Iterable[Check] | None = None,
+    only: Iterable[str] | None = None,
 ) -> list[ClaimResult]:
     """Run the six claims' checks at `budget` ("smoke" or "paper").
 
@@ -166,6 +201,7 @@ def run_claims(
             model), run after the built-in checks of the same claim.
         on_result: called with each result as soon as its check finishes.
         checks: replaces the built-in checks (tests use it).
+        only: names of the checks to run, see `select_checks`; None runs all.
 
     Returns:
         One `ClaimResult` per check, ordered by claim number.
@@ -175,11 +211,7 @@ def run_claims(
         from hydralm.claims import default_checks
 
         checks = default_checks()
-    ordered = sorted([*checks, *extra_checks], key=lambda check: check.claim)
-    skipped = [check.name for check in ordered if not check.applies(selected)]
-    if skipped:
-        logger.info("checks not run at budget %s: %s", selected.name, ", ".join(skipped))
-    ordered = [check for check in ordered if check.applies(selected)]
+    ordered = select_checks([*checks, *extra_checks], selected, only)
     results = []
     for check in ordered:
         logger.info("running check %s at budget %s", check.name, selected.name)
