@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         "diagnostics",
         help="run the six claim checks",
         description="Run the six claim checks of the HydraLM model and print one line per claim. "
-        "Exits with 1 when any claim fails.",
+        "Exits with 1 when any claim fails and with 2 on bad usage, before any check runs.",
         epilog="Example: hydra-chat diagnostics --budget paper --out RESULTS.md --json results.json",
     )
     diagnostics.add_argument(
@@ -266,7 +266,7 @@ def _check_names(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(
             f"invalid check list {text!r}; give names separated by commas, e.g. reference or mqar_recall,drop_in"
         )
-    return names
+    return list(dict.fromkeys(names))  # each name once, in the order given
 
 
 def _write_id(text: str) -> int:
@@ -627,11 +627,10 @@ def cmd_diagnostics(args: argparse.Namespace) -> int:
         if path is not None:
             _check_writable(path)
     diagnostics = _import("app.diagnostics")
-    if args.only is not None:
-        try:
-            diagnostics.validate_request(args.budget, None, None, args.only)
-        except ValueError as error:
-            raise CliError(str(error), EXIT_USAGE) from None
+    try:
+        diagnostics.validate_request(args.budget, args.out, args.json_path, args.only)
+    except ValueError as error:
+        raise CliError(str(error), EXIT_USAGE) from None
     return int(
         diagnostics.run_diagnostics(
             budget=args.budget, out=args.out, json_path=args.json_path, device=_device(args), only=args.only

