@@ -275,11 +275,11 @@ def _recipe(setting: MQARSetting, hydra: dict[str, Any], dense: dict[str, Any]) 
         f"{record['dense_head_dim']} and {dense['parameters']:,} parameters (its MLP is sized to match a HydraLM "
         f"with {setting.dense_heads} {dense_heads}). Each trains from scratch for up to {setting.steps} steps of batch "
         f"{setting.batch_size} (AdamW, peak lr {setting.learning_rate:g}, linear warm-up over the first tenth, "
-        f"then cosine decay to zero at step {setting.steps})"
+        f"then cosine decay to zero at step {setting.steps})."
     )
     if setting.target_accuracy is None:
-        return text + "."
-    return text + f" and stops once held-out accuracy reaches {setting.target_accuracy:g}, as Zoology's trainer does."
+        return text
+    return text + f" Each stops once held-out accuracy reaches {setting.target_accuracy:g}, as Zoology's trainer does."
 
 
 CHECKS = [
