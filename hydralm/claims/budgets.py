@@ -150,9 +150,9 @@ BUDGETS: dict[str, Budget] = {
         # width 64, with one to four heads of 16, it stayed there for 600 to
         # 2000 steps. At width 128 with one head of 16 it left it within 300
         # to 750 steps of batch 64 for each of six random initialisations,
-        # the schedule spanning 1500 steps. With batch 32
-        # one of two stayed for 1000 steps. One head of 128 learns more
-        # slowly: 950 steps, and only 0.37 with the schedule over 1000 steps.
+        # the schedule spanning 1500 steps. With batch 32 one of two stayed
+        # for 1000 steps. One head of 128 learns more slowly: 950 steps, and
+        # only 0.37 with the schedule over 1000 steps.
         mqar_hard=MQARSetting(
             vocab_size=64,
             seq_len=64,

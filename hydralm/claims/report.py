@@ -26,7 +26,6 @@ REFERENCE_PAPER_SECONDS = 169
 """Runtime of the reference report (RESULTS.md of the HydraLM research code, budget "paper", CPU)."""
 
 
-
 def machine_info() -> dict[str, Any]:
     """Describe the machine a run happened on: CPU, cores, memory, software versions."""
     import torch
