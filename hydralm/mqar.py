@@ -279,10 +279,9 @@ def train_mqar(
     if warmup_steps < 0:
         raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
     if target_accuracy is not None:
-        if isinstance(target_accuracy, bool) or not isinstance(target_accuracy, (int, float)):
+        is_number = isinstance(target_accuracy, (int, float)) and not isinstance(target_accuracy, bool)
+        if not is_number or not 0.0 < target_accuracy <= 1.0:
             raise ValueError(f"target_accuracy must be a number in (0, 1], got {target_accuracy!r}")
-        if not 0.0 < target_accuracy <= 1.0:
-            raise ValueError(f"target_accuracy must be in (0, 1], got {target_accuracy!r}")
         for name, value in (("check_every", check_every), ("check_examples", check_examples)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")

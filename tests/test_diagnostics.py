@@ -6,6 +6,7 @@ import dataclasses
 import io
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -72,18 +73,19 @@ def test_same_file_for_both_reports_rejected(tmp_path):
         diagnostics.validate_request("smoke", tmp_path / "r.md", tmp_path / "r.md")
 
 
-def test_lines_reports_and_exit_status(tmp_path):
+def _run_with_reports(tmp_path, checks: list[Check], **options) -> tuple[int, list[str], Path, Path]:
+    """Run `checks` without the app's twins; return the exit status, printed lines and both report paths."""
     output = io.StringIO()
     md_path, json_path = tmp_path / "RESULTS.md", tmp_path / "results.json"
     status = diagnostics.run_diagnostics(
-        "smoke",
-        out=md_path,
-        json_path=json_path,
-        output=output,
-        checks=[_check("first"), _check("second", claim=2)],
-        include_app_checks=False,
+        "smoke", out=md_path, json_path=json_path, output=output, checks=checks, include_app_checks=False, **options
     )
-    lines = output.getvalue().splitlines()
+    return status, output.getvalue().splitlines(), md_path, json_path
+
+
+def test_lines_reports_and_exit_status(tmp_path):
+    checks = [_check("first"), _check("second", claim=2)]
+    status, lines, md_path, json_path = _run_with_reports(tmp_path, checks)
     assert status == diagnostics.EXIT_OK
     assert lines[0].startswith("PASS  claim 1  first")
     assert lines[1].startswith("PASS  claim 2  second")
@@ -102,18 +104,8 @@ def test_failing_check_gives_exit_status_one():
 
 
 def test_only_runs_named_checks(tmp_path):
-    output = io.StringIO()
-    md_path, json_path = tmp_path / "RESULTS.md", tmp_path / "results.json"
-    status = diagnostics.run_diagnostics(
-        "smoke",
-        out=md_path,
-        json_path=json_path,
-        output=output,
-        checks=[_check("first"), _check("second", claim=2), _check("third", claim=3)],
-        include_app_checks=False,
-        only=["third", "first"],
-    )
-    lines = output.getvalue().splitlines()
+    checks = [_check("first"), _check("second", claim=2), _check("third", claim=3)]
+    status, lines, md_path, json_path = _run_with_reports(tmp_path, checks, only=["third", "first"])
     assert status == diagnostics.EXIT_OK
     assert [line.split()[3] for line in lines[:2]] == ["first", "third"]
     assert "2 of 2 checks passed" in lines[2]

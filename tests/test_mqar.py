@@ -119,7 +119,7 @@ def test_bad_arguments_raise_value_error():
         train_mqar(model, config, steps=0, batch_size=4)
     with pytest.raises(ValueError, match="lr must be positive"):
         train_mqar(model, config, steps=1, batch_size=4, lr=0.0)
-    with pytest.raises(ValueError, match=r"target_accuracy must be in \(0, 1\], got 1.5"):
+    with pytest.raises(ValueError, match=r"target_accuracy must be a number in \(0, 1\], got 1.5"):
         train_mqar(model, config, steps=1, batch_size=4, target_accuracy=1.5)
     with pytest.raises(ValueError, match="target_accuracy must be a number in \\(0, 1\\], got True"):
         train_mqar(model, config, steps=1, batch_size=4, target_accuracy=True)

@@ -266,13 +266,13 @@ def check_harder(
 
 def _recipe(setting: MQARSetting, hydra: dict[str, Any], dense: dict[str, Any]) -> str:
     """Describe the models (from their training records) and the training of `setting`."""
-    record = _setting_dict(setting)
+    described = _setting_dict(setting)
     dense_heads = "head" if setting.dense_heads == 1 else "heads"
     text = (
         f"Both models have width {setting.hidden_size}. HydraLM has {setting.hydra_heads} heads of "
-        f"{record['hydra_head_dim']} ({max(1, setting.hydra_heads // 2)} key-value heads in its attention layer) "
+        f"{described['hydra_head_dim']} ({max(1, setting.hydra_heads // 2)} key-value heads in its attention layer) "
         f"and {hydra['parameters']:,} parameters; the Transformer has {setting.dense_heads} {dense_heads} of "
-        f"{record['dense_head_dim']} and {dense['parameters']:,} parameters (its MLP is sized to match a HydraLM "
+        f"{described['dense_head_dim']} and {dense['parameters']:,} parameters (its MLP is sized to match a HydraLM "
         f"with {setting.dense_heads} {dense_heads}). Each trains from scratch for up to {setting.steps} steps of batch "
         f"{setting.batch_size} (AdamW, peak lr {setting.learning_rate:g}, linear warm-up over the first tenth, "
         f"then cosine decay to zero at step {setting.steps})."

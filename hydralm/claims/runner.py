@@ -163,16 +163,16 @@ def select_checks(checks: Iterable[Check], budget: Budget, only: Iterable[str] |
     """
     ordered = sorted(checks, key=lambda check: check.claim)
     if only is not None:
-        wanted: dict[str, None] = {}
+        selection: dict[str, None] = {}  # a dict keeps the names in order, each once
         for name in [only] if isinstance(only, str) else only:
-            wanted.update(dict.fromkeys(REFERENCE_CHECKS if name == REFERENCE_SELECTION else (name,)))
+            selection.update(dict.fromkeys(REFERENCE_CHECKS if name == REFERENCE_SELECTION else (name,)))
         known = {check.name for check in ordered}
-        unknown = [name for name in wanted if name not in known]
+        unknown = [name for name in selection if name not in known]
         if unknown:
             runnable = [check.name for check in ordered if check.applies(budget)]
             legal = ", ".join([REFERENCE_SELECTION, *runnable])
             raise ValueError(f"unknown check {', '.join(unknown)}; at budget {budget.name!r} choose from: {legal}")
-        ordered = [check for check in ordered if check.name in wanted]
+        ordered = [check for check in ordered if check.name in selection]
         for check in ordered:
             if not check.applies(budget):
                 elsewhere = [name for name, other in BUDGETS.items() if check.applies(other)]
